@@ -1,0 +1,320 @@
+"""From the Kaggle ``train.csv`` and ``train_images/`` to one row per image, a seeded split and statistics.
+
+Reproduces the paper's Sections 3.1-3.2 and 4: the annotation file (Figure 2), the pivot to one row per image
+with ``Defect_1..Defect_4`` (Figure 5, 12,568 rows on the real data), the stratified 10 % / 80 % / 20 % split and
+the dataset statistics behind Figures 3, 4 and 9.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from . import rle
+from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE, SPLIT_SEED, STRATIFY_PRIORITY, TEST_SIZE, VAL_SIZE
+
+log = logging.getLogger(__name__)
+
+HEADER_2020: tuple[str, ...] = ("ImageId", "ClassId", "EncodedPixels")
+HEADER_2019: tuple[str, ...] = ("ImageId_ClassId", "EncodedPixels")
+IMAGE_SUFFIX = ".jpg"
+_ID_CLASS_2019 = re.compile(r"(.+)_([^_]*)")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and, where there is one, the line."""
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A CSV row left out under ``on_error="skip"``, and why."""
+
+    file: str
+    line: int
+    image_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """What Figures 3, 4 and 9 plot: rows per class, images by number of classes, per-class mask areas."""
+
+    n_images: int
+    rows_per_class: dict[int, int]
+    images_by_n_classes: dict[int, int]
+    areas: dict[int, np.ndarray] = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "n_images": self.n_images,
+            "rows_per_class": self.rows_per_class,
+            "images_by_n_classes": self.images_by_n_classes,
+            "area_percentiles": {
+                c: {p: float(np.percentile(a, p)) if a.size else None for p in (2, 50, 98)}
+                for c, a in self.areas.items()
+            },
+        }
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def _image_id_problem(image_id: str) -> str | None:
+    if not image_id:
+        return "ImageId is empty"
+    if "/" in image_id or "\\" in image_id or ".." in image_id:
+        return f"ImageId {image_id!r} must be a plain file name (no path separator, no '..')"
+    return None
+
+
+def _as_text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+
+
+class _Rows:
+    """Collects rows and problems while reading, raising or skipping as asked."""
+
+    def __init__(self, path: Path, on_error: str):
+        self.path, self.on_error = path, on_error
+        self.skipped: list[SkippedRow] = []
+
+    def problem(self, line: int, image_id: str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise DataError(f"{self.path}, line {line}: {reason}")
+        self.skipped.append(SkippedRow(str(self.path), line, image_id, reason))
+
+
+def _read_csv(
+    csv_path: Path, shape: tuple[int, int], on_error: str
+) -> tuple[pd.DataFrame, dict[str, int], list[SkippedRow]]:
+    """Defect rows (ImageId, ClassId, EncodedPixels, line), every image the file names (→ first line), skips."""
+    _check_on_error(on_error)
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: no such annotation file (expected the Kaggle train.csv)")
+    if not csv_path.read_text().strip():
+        raise DataError(
+            f"{csv_path}: the file is empty; expected a header {','.join(HEADER_2020)} (2020 release) or "
+            f"{','.join(HEADER_2019)} (2019 release)"
+        )
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{csv_path}: not a readable CSV ({err})") from err
+    header = tuple(c.strip() for c in raw.columns)
+    if header not in (HEADER_2020, HEADER_2019):
+        raise DataError(
+            f"{csv_path}: unknown header {','.join(header)}; expected {','.join(HEADER_2020)} (2020 release) "
+            f"or {','.join(HEADER_2019)} (2019 release)"
+        )
+    is_2019 = header == HEADER_2019
+    rows = _Rows(csv_path, on_error)
+    records: list[tuple[str, int, str, int]] = []
+    first_line: dict[tuple[str, int], int] = {}
+    named: dict[str, int] = {}
+    for line, values in enumerate(raw.itertuples(index=False, name=None), start=2):
+        if is_2019:
+            key, pixels = _as_text(values[0]), _as_text(values[1])
+            match = _ID_CLASS_2019.fullmatch(key)
+            if match is None:
+                rows.problem(line, key, f"ImageId_ClassId {key!r} is not of the form '<ImageId>_<ClassId>'")
+                continue
+            image_id, class_text = match.groups()
+        else:
+            image_id, class_text, pixels = (_as_text(v) for v in values)
+        if (reason := _image_id_problem(image_id)) is not None:
+            rows.problem(line, image_id, reason)
+            continue
+        if class_text not in {str(c) for c in CLASS_IDS}:
+            rows.problem(line, image_id, f"ClassId {class_text!r} is not one of {', '.join(map(str, CLASS_IDS))}")
+            continue
+        class_id = int(class_text)
+        if (image_id, class_id) in first_line:
+            rows.problem(
+                line, image_id,
+                f"duplicate row for image {image_id} class {class_id} (first at line {first_line[image_id, class_id]})",
+            )
+            continue
+        if not pixels and not is_2019:
+            rows.problem(line, image_id, "EncodedPixels is empty; the 2020 release lists defect rows only")
+            continue
+        try:
+            rle.validate(pixels, shape)
+        except rle.RLEError as err:
+            rows.problem(line, image_id, f"invalid EncodedPixels for class {class_id}: {err}")
+            continue
+        first_line[image_id, class_id] = line
+        named.setdefault(image_id, line)
+        if pixels:
+            records.append((image_id, class_id, pixels, line))
+    defects = pd.DataFrame(records, columns=[*HEADER_2020, "line"])
+    defects["ClassId"] = defects["ClassId"].astype(int)
+    return defects, named, rows.skipped
+
+
+def read_annotations(
+    csv_path: str | Path, *, shape: tuple[int, int] = IMAGE_SHAPE, on_error: str = "raise"
+) -> pd.DataFrame | tuple[pd.DataFrame, list[SkippedRow]]:
+    """Read a Kaggle ``train.csv`` of either release into its defect rows.
+
+    The format is detected from the header: 2020 ``ImageId,ClassId,EncodedPixels`` (defect rows only) or 2019
+    ``ImageId_ClassId,EncodedPixels`` (4 rows per image, empty for absent classes). Every RLE is validated.
+
+    Args:
+        csv_path: the annotation file.
+        shape: ``(height, width)`` the RLEs refer to.
+        on_error: ``"raise"`` (default) stops at the first bad row with a ``DataError`` naming file and line;
+            ``"skip"`` leaves bad rows out and returns them too.
+
+    Returns:
+        A DataFrame ``ImageId, ClassId, EncodedPixels, line`` (``line`` is the row's line in the file), one row
+        per defect; with ``on_error="skip"``, the tuple ``(rows, skipped)``.
+    """
+    defects, _, skipped = _read_csv(Path(csv_path), shape, on_error)
+    if skipped:
+        log.warning("%s: skipped %d bad rows", csv_path, len(skipped))
+    return (defects, skipped) if on_error == "skip" else defects
+
+
+def list_images(images_dir: str | Path) -> list[str]:
+    """The ``*.jpg`` file names of an image folder, sorted."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"{images_dir}: no such image folder")
+    return sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() == IMAGE_SUFFIX and p.is_file())
+
+
+def load_table(
+    data_dir: str | Path, *, shape: tuple[int, int] = IMAGE_SHAPE, on_error: str = "raise"
+) -> pd.DataFrame | tuple[pd.DataFrame, list[SkippedRow]]:
+    """One row per image of ``train_images/``: the paper's pivot (Figure 5).
+
+    Args:
+        data_dir: a folder in the Kaggle layout (``train.csv``, ``train_images/*.jpg``).
+        shape: ``(height, width)`` of the images, which the RLEs refer to.
+        on_error: ``"raise"`` or ``"skip"`` (see ``read_annotations``); a row whose image is not in
+            ``train_images/`` is an error too.
+
+    Returns:
+        A DataFrame sorted by ``ImageId`` with ``Defect_1..Defect_4`` (RLE, ``''`` when absent), ``has_defect``
+        (bool) and ``n_defects`` (int); images without rows are defect-free. With ``on_error="skip"``, the tuple
+        ``(table, skipped)``.
+
+    Example:
+        >>> table = load_table("data/synthetic")
+        >>> table[["ImageId", "has_defect"]].head(2)
+    """
+    data_dir = Path(data_dir)
+    csv_path = data_dir / "train.csv"
+    images_dir = data_dir / "train_images"
+    if not csv_path.is_file() or not images_dir.is_dir():
+        raise FileNotFoundError(
+            f"{data_dir}: expected the Kaggle layout, train.csv and train_images/ (see data/README.md); "
+            f"missing {csv_path.name if not csv_path.is_file() else images_dir.name + '/'}"
+        )
+    defects, named, skipped = _read_csv(csv_path, shape, on_error)
+    image_ids = list_images(images_dir)
+    if not image_ids:
+        raise DataError(f"{images_dir}: no {IMAGE_SUFFIX} images")
+    present = set(image_ids)
+    rows = _Rows(csv_path, on_error)
+    for image_id, line in named.items():
+        if image_id not in present:
+            rows.problem(line, image_id, f"image {image_id} is not in {images_dir}")
+    skipped += rows.skipped
+    missing = {s.image_id for s in rows.skipped}
+    defects = defects[~defects["ImageId"].isin(missing)]
+    if skipped:
+        log.warning("%s: skipped %d bad rows", csv_path, len(skipped))
+
+    table = pd.DataFrame({"ImageId": image_ids})
+    wide = defects.pivot(index="ImageId", columns="ClassId", values="EncodedPixels")
+    for class_id, column in zip(CLASS_IDS, DEFECT_COLUMNS, strict=True):
+        lookup = wide[class_id].dropna().to_dict() if class_id in wide.columns else {}
+        table[column] = [lookup.get(image_id, "") for image_id in image_ids]
+    present_classes = table[list(DEFECT_COLUMNS)] != ""
+    table["n_defects"] = present_classes.sum(axis=1).astype(int)
+    table["has_defect"] = table["n_defects"] > 0
+    return (table, skipped) if on_error == "skip" else table
+
+
+def class_labels(table: pd.DataFrame) -> np.ndarray:
+    """``(n_images, 4)`` uint8: 1 where the image has class ``c`` (channel ``c - 1``)."""
+    return (table[list(DEFECT_COLUMNS)] != "").to_numpy(np.uint8)
+
+
+def stratify_labels(table: pd.DataFrame) -> np.ndarray:
+    """The source pipeline's stratum: the first class present in the order 2 > 4 > 1 > 3, else 0."""
+    labels = class_labels(table)
+    strata = np.zeros(len(table), np.int64)
+    for class_id in reversed(STRATIFY_PRIORITY):  # the highest priority is written last and wins
+        strata[labels[:, class_id - 1] == 1] = class_id
+    return strata
+
+
+def _feasible_strata(strata: np.ndarray, n_test: int) -> np.ndarray:
+    """Merge the smallest strata into the largest until a stratified split of ``n_test`` is possible.
+
+    A real dataset is never changed; tiny ones (tests, the smoke twin) would otherwise make sklearn refuse.
+    """
+    strata = strata.copy()
+    n_train = strata.size - n_test
+    while True:
+        values, counts = np.unique(strata, return_counts=True)
+        if values.size <= 1 or (counts.min() >= 2 and values.size <= min(n_test, n_train)):
+            return strata
+        smallest, largest = values[counts.argmin()], values[counts.argmax()]
+        log.info("stratified split: stratum %d (%d images) merged into %d", smallest, counts.min(), largest)
+        strata[strata == smallest] = largest
+
+
+def _split(ids: np.ndarray, strata: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n_held = math.ceil(size * ids.size)  # sklearn's rounding for a float test_size
+    strata = _feasible_strata(strata, n_held)
+    stratify = strata if np.unique(strata).size > 1 else None
+    return train_test_split(ids, test_size=size, random_state=seed, stratify=stratify)
+
+
+def split_table(
+    table: pd.DataFrame, test_size: float = TEST_SIZE, val_size: float = VAL_SIZE, seed: int = SPLIT_SEED
+) -> pd.DataFrame:
+    """Add ``split`` ∈ {train, val, test}: test first, then validation from the rest, stratified and seeded.
+
+    Reproduces the paper's Section 4 (12,568 images → 9,048 / 2,263 / 1,257) with the source pipeline's
+    stratum (``stratify_labels``) and ``random_state``. The same table and seed give the same split.
+    """
+    if len(table) < 3:
+        raise DataError(f"a train/validation/test split needs at least 3 images, got {len(table)}")
+    table = table.reset_index(drop=True)
+    strata = stratify_labels(table)
+    index = np.arange(len(table))
+    rest, test = _split(index, strata, test_size, seed)
+    train, val = _split(rest, strata[rest], val_size, seed)
+    split = np.empty(len(table), object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return table.assign(split=split)
+
+
+def dataset_stats(table: pd.DataFrame, shape: tuple[int, int] = IMAGE_SHAPE) -> DatasetStats:
+    """Rows per class (Figure 3), images by number of classes (Figure 4) and mask areas per class (Figure 9)."""
+    labels = class_labels(table)
+    n_classes = labels.sum(axis=1)
+    areas = {
+        c: np.array([rle.area(r, shape) for r in table[col] if r], dtype=np.int64)
+        for c, col in zip(CLASS_IDS, DEFECT_COLUMNS, strict=True)
+    }
+    return DatasetStats(
+        n_images=len(table),
+        rows_per_class={c: int(labels[:, c - 1].sum()) for c in CLASS_IDS},
+        images_by_n_classes={k: int((n_classes == k).sum()) for k in range(len(CLASS_IDS) + 1)},
+        areas=areas,
+    )
