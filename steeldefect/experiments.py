@@ -1,7 +1,8 @@
 """``python -m steeldefect.experiments``: the one orchestrator of the paper's experiments.
 
-Today it loads a Kaggle-layout data folder, splits it as the paper does and prints the dataset statistics beside
-the paper's (Sections 3.1-3.2 and 4). Training and Tables 2-7 come in later versions.
+Today it loads a Kaggle-layout data folder (by default the synthetic twin, generated once into ``data/synthetic``),
+splits it as the paper does and prints the dataset statistics beside the paper's (Sections 3.1-3.2 and 4).
+Training and Tables 2-7 come in later versions.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-from . import data, paper
+from . import data, paper, synthetic
 from .config import CLASS_IDS, SPLIT_SEED
+
+DEFAULT_TWIN_DIR = Path("data/synthetic")  # relative to the working directory, as data/README.md says
+DEFAULT_TWIN_IMAGES = 1500
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m steeldefect.experiments",
         description="Reproduce Yulianto et al. (2023) on a Kaggle-layout Severstal folder.",
     )
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder with train.csv and train_images/")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="Kaggle-layout folder (train.csv, train_images/); default: the synthetic twin in "
+                        f"{DEFAULT_TWIN_DIR}, generated on first use")
+    parser.add_argument("--twin-images", type=int, default=DEFAULT_TWIN_IMAGES,
+                        help="images of the synthetic twin when no --data-dir is given")
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the train/val/test split")
     return parser
 
@@ -53,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    data_dir = args.data_dir
+    if data_dir is None:
+        print(f"no --data-dir: using the synthetic Severstal twin ({args.twin_images} images) in {DEFAULT_TWIN_DIR}")
+        data_dir = synthetic.make_synthetic_severstal(DEFAULT_TWIN_DIR, args.twin_images, seed=0)
     try:
-        table = data.load_table(args.data_dir)
+        table = data.load_table(data_dir)
     except (FileNotFoundError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,14 @@ def test_main_reports_bad_data_dir(tmp_path, capsys):
     assert "expected the Kaggle layout" in capsys.readouterr().err
 
 
+def test_default_is_the_synthetic_twin(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert experiments.main(["--twin-images", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "using the synthetic Severstal twin (20 images)" in out and "images: 20 (paper: 12568)" in out
+    assert (tmp_path / "data" / "synthetic" / "train.csv").is_file()
+
+
 def test_module_entry_point_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "steeldefect.experiments", "--help"], capture_output=True, text=True, check=True

@@ -121,6 +121,10 @@ def test_tensorflow_decode_equals_numpy_on_many_masks():
         cases.append(rle.encode(rng.random(SHAPE) < 0.01))
     for text in cases:
         assert np.array_equal(rle.decode_tf(text).numpy(), rle.decode(text)), text[:60]
+    stacked = rle.decode_tf_channels(cases[:8]).numpy()
+    assert stacked.shape == (256, 1600, 8) and stacked.dtype == np.uint8
+    for channel, text in enumerate(cases[:8]):
+        assert np.array_equal(stacked[:, :, channel], rle.decode(text))
     small = rle.encode(rng.random((32, 48)) < 0.3)
     result = rle.decode_tf(small, (32, 48))
     assert result.dtype.name == "uint8" and tuple(result.shape) == (32, 48)

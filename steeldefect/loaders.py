@@ -1,0 +1,152 @@
+"""tf.data input pipelines for the three stages: binary, multi-label and segmentation.
+
+JPEG decoding, RLE decoding (``rle.decode_tf_channels``), resizing (masks nearest-neighbour) and augmentation all
+run inside ``Dataset.map`` with ``AUTOTUNE``. Images leave the loader as uint8 pixels (0-255) and masks as uint8
+0/1: a quarter of the bytes of float32, which is what made the full-size loader fast enough, and what a cache has
+to hold. The encoder's preprocessing (``models.preprocess``) is the first layer of every model, so training,
+evaluation and the cascade share it and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from . import rle
+from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE
+
+TASKS = ("binary", "multilabel", "segmentation")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def select_rows(table: pd.DataFrame, task: str, class_id: int | None = None) -> pd.DataFrame:
+    """The rows a task trains on: all (binary), defective (multilabel, joint segmentation), or with class c."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if class_id is not None and (task != "segmentation" or class_id not in CLASS_IDS):
+        raise ValueError(
+            f"class_id={class_id!r} is only for task='segmentation' and must be one of {CLASS_IDS}"
+        )
+    if task == "binary":
+        return table
+    if task == "multilabel" or class_id is None:
+        return table[table["has_defect"]]
+    return table[table[DEFECT_COLUMNS[class_id - 1]] != ""]
+
+
+def _check_image_size(image_size) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (height, width), got {image_size!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    return height, width
+
+
+def _load(path, rles, labels, *, task, class_id, image_size, mask_shape):
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    image = tf.cond(  # full-size training skips the resize
+        tf.reduce_all(tf.shape(image)[:2] == image_size),
+        lambda: image,
+        lambda: tf.cast(tf.round(tf.clip_by_value(
+            tf.image.resize(image, image_size, method="bilinear", antialias=True), 0.0, 255.0)), tf.uint8),
+    )
+    image = tf.ensure_shape(image, (*image_size, 3))
+    if task == "binary":
+        return image, tf.cast(tf.reduce_any(labels > 0, keepdims=True), tf.float32)
+    if task == "multilabel":
+        return image, tf.cast(labels, tf.float32)
+    channels = [class_id] if class_id is not None else list(CLASS_IDS)
+    masks = rle.decode_tf_channels(tf.gather(rles, [c - 1 for c in channels]), mask_shape)
+    if tuple(image_size) != tuple(mask_shape):
+        masks = tf.image.resize(masks, image_size, method="nearest")
+    return image, masks
+
+
+def _augment(image, target, *, segmentation: bool):
+    """Random flips (shared by image and mask), brightness and contrast (image only)."""
+    flip_lr = tf.random.uniform(()) < 0.5
+    flip_ud = tf.random.uniform(()) < 0.5
+    image = tf.cond(flip_lr, lambda: tf.reverse(image, [1]), lambda: image)
+    image = tf.cond(flip_ud, lambda: tf.reverse(image, [0]), lambda: image)
+    if segmentation:
+        target = tf.cond(flip_lr, lambda: tf.reverse(target, [1]), lambda: target)
+        target = tf.cond(flip_ud, lambda: tf.reverse(target, [0]), lambda: target)
+    pixels = tf.cast(image, tf.float32)
+    mean = tf.reduce_mean(pixels)
+    pixels = (pixels - mean) * tf.random.uniform((), 0.8, 1.2) + mean + tf.random.uniform((), -20.0, 20.0)
+    return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8), target
+
+
+def make_dataset(
+    table: pd.DataFrame,
+    images_dir: str | Path,
+    task: str,
+    *,
+    image_size: tuple[int, int],
+    batch_size: int,
+    class_id: int | None = None,
+    shuffle: bool = False,
+    augment: bool = False,
+    cache: bool = False,
+    seed: int = 0,
+    mask_shape: tuple[int, int] = IMAGE_SHAPE,
+) -> tf.data.Dataset:
+    """A batched ``tf.data.Dataset`` of ``(image, target)`` for one stage of the cascade.
+
+    Args:
+        table: one row per image (``data.load_table``), usually one split of it.
+        images_dir: the folder holding the ``ImageId`` JPEGs.
+        task: ``"binary"`` (all rows, target ``(1,)`` = has_defect), ``"multilabel"`` (defective rows, target
+            ``(4,)``) or ``"segmentation"`` (target ``(h, w, 1)`` for ``class_id=c`` on the rows that have class c;
+            ``(h, w, 4)`` on defective rows when ``class_id`` is None).
+        image_size: ``(height, width)`` the images (and masks) are resized to.
+        batch_size: images per batch (the last batch may be smaller).
+        class_id: 1-4 for a per-class segmentation dataset.
+        shuffle: reshuffle every epoch (seeded).
+        augment: random flips shared by image and mask, brightness and contrast.
+        cache: keep decoded, resized images in memory after the first epoch.
+        seed: shuffle seed.
+        mask_shape: ``(height, width)`` the RLEs refer to (256x1600 for Severstal).
+
+    Returns:
+        Batches of uint8 images ``(n, h, w, 3)`` (the models preprocess them) and targets: float32 labels for the
+        classifiers, uint8 0/1 masks for segmentation.
+
+    Example:
+        >>> ds = make_dataset(table, "data/synthetic/train_images", "binary", image_size=(64, 320), batch_size=8)
+        >>> images, targets = next(iter(ds))  # (8, 64, 320, 3), (8, 1)
+
+    Reproduces the inputs of the paper's three training processes (Section 3).
+    """
+    image_size = _check_image_size(image_size)
+    rows = select_rows(table, task, class_id)
+    if rows.empty:
+        what = f"task {task!r}" + (f", class {class_id}" if class_id is not None else "")
+        raise ValueError(f"no images for {what} in a table of {len(table)} rows")
+    images_dir = Path(images_dir)
+    paths = np.array([str(images_dir / image_id) for image_id in rows["ImageId"]])
+    rles = rows[list(DEFECT_COLUMNS)].to_numpy(dtype=str)
+    labels = (rles != "").astype(np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, rles, labels))
+
+    def load(path, rle_row, label_row):
+        return _load(path, rle_row, label_row, task=task, class_id=class_id, image_size=image_size,
+                     mask_shape=mask_shape)
+
+    if cache:
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE).cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    else:
+        if shuffle:  # shuffle file names, not decoded images
+            dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE)
+    segmentation = task == "segmentation"
+    if augment:
+        dataset = dataset.map(lambda x, y: _augment(x, y, segmentation=segmentation), num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from steeldefect import data, loaders, rle, synthetic
+
+SIZE = (64, 320)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    root = synthetic.make_synthetic_severstal(tmp_path_factory.mktemp("twin") / "twin", 30, seed=1)
+    return root, data.load_table(root)
+
+
+def _all(dataset):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize(
+    ("task", "class_id", "target_shape"),
+    [("binary", None, (1,)), ("multilabel", None, (4,)), ("segmentation", 3, (*SIZE, 1)), ("segmentation", None, (*SIZE, 4))],
+)
+def test_element_spec_and_row_selection(twin, task, class_id, target_shape):
+    root, table = twin
+    ds = loaders.make_dataset(table, root / "train_images", task, class_id=class_id, image_size=SIZE, batch_size=4)
+    image_spec, target_spec = ds.element_spec
+    assert image_spec.shape.as_list() == [None, *SIZE, 3] and image_spec.dtype == tf.uint8
+    assert tuple(target_spec.shape.as_list()[1:]) == target_shape
+    assert target_spec.dtype == (tf.uint8 if task == "segmentation" else tf.float32)
+    images, targets = _all(ds)
+    assert len(images) == len(loaders.select_rows(table, task, class_id))
+    expected = {"binary": len(table), "multilabel": int(table["has_defect"].sum()),
+                "segmentation": int((table["Defect_3"] != "").sum()) if class_id else int(table["has_defect"].sum())}
+    assert len(images) == expected[task]
+
+
+def test_targets_match_the_table(twin):
+    root, table = twin
+    _, binary = _all(loaders.make_dataset(table, root / "train_images", "binary", image_size=SIZE, batch_size=8))
+    assert binary[:, 0].tolist() == table["has_defect"].astype(float).tolist()
+    _, multi = _all(loaders.make_dataset(table, root / "train_images", "multilabel", image_size=SIZE, batch_size=8))
+    assert np.array_equal(multi, data.class_labels(table[table["has_defect"]]).astype(np.float32))
+
+
+def test_images_and_masks_are_the_files_resized(twin):
+    root, table = twin
+    rows = table[table["has_defect"]]
+    images, masks = _all(loaders.make_dataset(rows, root / "train_images", "segmentation", image_size=(256, 1600), batch_size=2))
+    first = rows.iloc[0]
+    raw = tf.io.decode_jpeg(tf.io.read_file(str(root / "train_images" / first["ImageId"])), channels=3)
+    assert np.array_equal(images[0], raw.numpy())
+    for c in (1, 2, 3, 4):
+        assert np.array_equal(masks[0, :, :, c - 1], rle.decode(first[f"Defect_{c}"]))
+    _, small = _all(loaders.make_dataset(rows.head(1), root / "train_images", "segmentation", image_size=(128, 800), batch_size=1))
+    full = np.stack([rle.decode(first[f"Defect_{c}"]) for c in (1, 2, 3, 4)], -1)
+    # nearest neighbour with half-pixel centres keeps every other pixel, starting at the second
+    assert np.array_equal(small[0], full[1::2, 1::2])
+
+
+def test_augmentation_keeps_masks_aligned_with_images(tmp_path):
+    """A bright square on black with its mask: after flips the mask must still cover the bright pixels."""
+    images_dir = tmp_path / "train_images"
+    images_dir.mkdir()
+    mask = np.zeros((64, 320), np.uint8)
+    mask[5:20, 10:60] = 1
+    image = np.where(mask[:, :, None] == 1, 250, 10).astype(np.uint8).repeat(3, axis=2)
+    tf.io.write_file(str(images_dir / "a.jpg"), tf.io.encode_jpeg(image, quality=100))
+    table = data.pd.DataFrame({"ImageId": ["a.jpg"] * 16, "Defect_1": [rle.encode(mask)] * 16,
+                               "Defect_2": [""] * 16, "Defect_3": [""] * 16, "Defect_4": [""] * 16})
+    table["has_defect"], table["n_defects"] = True, 1
+    tf.random.set_seed(0)
+    ds = loaders.make_dataset(table, images_dir, "segmentation", class_id=1, image_size=(64, 320), batch_size=16,
+                              augment=True, mask_shape=(64, 320))
+    images, masks = _all(ds)
+    corners = set()
+    for x, m in zip(images, masks, strict=True):
+        assert x.dtype == np.uint8
+        bright = x.mean(axis=-1) > x.mean()
+        assert (bright == (m[:, :, 0] > 0)).mean() > 0.99
+        rows, cols = np.nonzero(m[:, :, 0])
+        corners.add((rows.min() < 32, cols.min() < 160))
+    assert len(corners) >= 3  # flips really happened, in both directions
+
+
+def test_shuffle_is_seeded_and_cache_gives_the_same_data(twin):
+    root, table = twin
+    kwargs = dict(image_size=SIZE, batch_size=30)
+    plain = _all(loaders.make_dataset(table, root / "train_images", "binary", **kwargs))
+    cached = loaders.make_dataset(table, root / "train_images", "binary", cache=True, **kwargs)
+    for _ in range(2):
+        np.testing.assert_array_equal(_all(cached)[0], plain[0])
+    a = _all(loaders.make_dataset(table, root / "train_images", "binary", shuffle=True, seed=5, **kwargs))[0]
+    b = _all(loaders.make_dataset(table, root / "train_images", "binary", shuffle=True, seed=5, **kwargs))[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, plain[0])
+    np.testing.assert_allclose(np.sort(a.reshape(30, -1).sum(1)), np.sort(plain[0].reshape(30, -1).sum(1)), rtol=1e-5)
+
+
+def test_bad_arguments(twin):
+    root, table = twin
+    images_dir = root / "train_images"
+    with pytest.raises(ValueError, match="unknown task 'boxes'; expected one of binary, multilabel, segmentation"):
+        loaders.make_dataset(table, images_dir, "boxes", image_size=SIZE, batch_size=2)
+    with pytest.raises(ValueError, match="class_id=5 is only for task='segmentation' and must be one of"):
+        loaders.make_dataset(table, images_dir, "segmentation", class_id=5, image_size=SIZE, batch_size=2)
+    with pytest.raises(ValueError, match="class_id=1 is only for task='segmentation'"):
+        loaders.make_dataset(table, images_dir, "binary", class_id=1, image_size=SIZE, batch_size=2)
+    with pytest.raises(ValueError, match=r"image_size must be \(height, width\), got 64"):
+        loaders.make_dataset(table, images_dir, "binary", image_size=64, batch_size=2)
+    clean = table[~table["has_defect"]]
+    with pytest.raises(ValueError, match="no images for task 'multilabel' in a table of"):
+        loaders.make_dataset(clean, images_dir, "multilabel", image_size=SIZE, batch_size=2)

@@ -1,0 +1,134 @@
+import hashlib
+import re
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from steeldefect import data, paper, rle, synthetic
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    return synthetic.make_synthetic_severstal(tmp_path_factory.mktemp("twin") / "twin", 40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return list(synthetic.iter_plans(2000, seed=0))
+
+
+def _digest(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_kaggle_layout(twin):
+    assert sorted(p.name for p in twin.iterdir()) == [
+        "sample_submission.csv", "test_images", "train.csv", "train_images", "twin.json"
+    ]
+    names = sorted(p.name for p in (twin / "train_images").iterdir())
+    assert len(names) == 40 and all(re.fullmatch(r"[0-9a-f]{9}\.jpg", n) for n in names)
+    assert (twin / "train.csv").read_text().splitlines()[0] == "ImageId,ClassId,EncodedPixels"
+    image = cv2.imread(str(twin / "train_images" / names[0]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (256, 1600, 3) and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - image[:, :, :1]).max() <= 2  # grayscale stored as 3 channels
+    test_names = sorted(p.name for p in (twin / "test_images").iterdir())
+    assert len(test_names) == 4 and not set(test_names) & set(names)
+    submission = pd.read_csv(twin / "sample_submission.csv", keep_default_na=False)
+    assert list(submission.columns) == ["ImageId", "EncodedPixels", "ClassId"]
+    assert len(submission) == 4 * len(test_names) and set(submission["ImageId"]) == set(test_names)
+
+
+def test_twin_reads_through_the_real_data_path(twin):
+    table = data.load_table(twin)
+    assert len(table) == 40
+    for column in ("Defect_1", "Defect_2", "Defect_3", "Defect_4"):
+        for text in table[column]:
+            if text:
+                assert rle.decode(text).sum() > 0
+
+
+def test_deterministic_and_seed_dependent(tmp_path, twin):
+    again = synthetic.make_synthetic_severstal(tmp_path / "again", 40, seed=3)
+    assert _digest(again) == _digest(twin)
+    other = synthetic.make_synthetic_severstal(tmp_path / "other", 40, seed=4)
+    assert (other / "train.csv").read_text() != (twin / "train.csv").read_text()
+
+
+def test_reuse_and_refusal(tmp_path):
+    root = synthetic.make_synthetic_severstal(tmp_path / "t", 5, seed=0)
+    stamp = (root / "train.csv").stat().st_mtime_ns
+    assert synthetic.make_synthetic_severstal(root, 5, seed=0) == root
+    assert (root / "train.csv").stat().st_mtime_ns == stamp  # identical spec: reused, not rewritten
+    synthetic.make_synthetic_severstal(root, 6, seed=0)  # another spec: regenerated in place
+    assert len(list((root / "train_images").iterdir())) == 6
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not a synthetic twin"):
+        synthetic.make_synthetic_severstal(tmp_path / "mine", 5)
+    with pytest.raises(ValueError, match="n_images must be >= 1"):
+        synthetic.make_synthetic_severstal(tmp_path / "zero", 0)
+
+
+def test_plans_match_the_written_masks(twin):
+    table = data.load_table(twin).set_index("ImageId")
+    for plan in synthetic.iter_plans(40, seed=3):
+        for class_id in (1, 2, 3, 4):
+            text = table.loc[plan.image_id, f"Defect_{class_id}"]
+            if class_id in plan.masks:
+                assert np.array_equal(rle.decode(text), plan.masks[class_id])
+            else:
+                assert text == ""
+
+
+def test_statistics_follow_the_paper(plans):
+    n = len(plans)
+    n_classes = np.array([len(p.masks) for p in plans])
+    total = paper.N_IMAGES
+    for k, count in paper.IMAGES_BY_N_CLASSES.items():
+        assert abs((n_classes == k).sum() - n * count / total) <= 1, k
+    rows = {c: sum(c in p.masks for p in plans) for c in (1, 2, 3, 4)}
+    for c, count in paper.ROWS_PER_CLASS.items():
+        assert abs(rows[c] - n * count / total) <= 2, (c, rows[c])
+
+
+def test_area_percentiles_within_30_percent_of_the_paper_thresholds(plans):
+    for class_id, (low, high) in paper.AREA_THRESHOLDS.items():
+        areas = np.array([p.masks[class_id].sum() for p in plans if class_id in p.masks])
+        p2, p98 = np.percentile(areas, [2, 98])
+        assert 0.7 * low <= p2 <= 1.3 * low, (class_id, p2, low)
+        assert 0.7 * high <= p98 <= 1.3 * high, (class_id, p98, high)
+
+
+def test_masks_stay_on_the_steel(plans):
+    for plan in plans[:400]:
+        for mask in plan.masks.values():
+            assert mask.any()
+            assert not mask[:, : plan.steel[0]].any() and not mask[:, plan.steel[1] :].any()
+
+
+def test_no_background_shortcut(plans):
+    """Defect-free and defective images share the same spread of backgrounds."""
+    defective = np.array([bool(p.masks) for p in plans])
+    band = np.array([p.steel != (0, 1600) for p in plans])
+    assert abs(band[defective].mean() - band[~defective].mean()) < 0.05
+    sample = [p for p in plans[:160]]
+    brightness = np.array([
+        np.median(synthetic._render(p)[:, :, 0][~np.any(list(p.masks.values()) or [np.zeros((256, 1600), bool)], axis=0)])
+        for p in sample
+    ])
+    flags = np.array([bool(p.masks) for p in sample])
+    assert abs(np.median(brightness[flags]) - np.median(brightness[~flags])) < 12
+    assert abs(brightness[flags].std() - brightness[~flags].std()) < 8
+
+
+def test_looks_vary_within_a_class(plans):
+    looks = [p.looks[3] for p in plans if 3 in p.masks][:200]
+    assert np.std([look["contrast"] for look in looks]) > 0.08
+    assert np.std([look["angle"] for look in looks]) > 0.5
+    areas = [p.masks[1].sum() for p in plans if 1 in p.masks]
+    assert np.percentile(areas, 90) > 4 * np.percentile(areas, 10)
