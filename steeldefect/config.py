@@ -41,3 +41,35 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
     + tuple(("multilabel", m) for m in CLASSIFICATION_METRICS)
     + tuple((task, m) for task in SEGMENTATION_TASKS for m in SEGMENTATION_METRICS)
 )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one stage of one backbone is trained; written beside the results as part of ``config.json``.
+
+    The paper gives no training hyperparameters; everything here not taken from its source pipeline
+    (``shared/paper/source-pipeline.md``) is our choice and is documented as such.
+    """
+
+    image_size: tuple[int, int] = (64, 320)  # (height, width); UNets need multiples of 32
+    batch_size: int = 8  # source pipeline: 8 for the classifiers, 4 for the UNets
+    epochs: int = 10
+    learning_rate: float = 1e-3  # Adam (our choice; the paper is silent)
+    encoder_weights: str | None = None  # "imagenet", None (random init) or a path to a weights file
+    # From random init, EfficientNet's default BN momentum (0.99) leaves inference at chance after short runs
+    # (DESIGN.md, "Known facts"); 0.9 lets the moving statistics keep up. None keeps the encoder's default.
+    bn_momentum: float | None = 0.9
+    # Before each validation and at the end, BN moving statistics are re-estimated on this many training
+    # batches (precise BN): without it, inference after short runs from scratch sits at chance. 0 turns it off.
+    bn_recalibration_batches: int = 25
+    head: str = "paper"  # classifier head: "paper" (source pipeline's 1024-512-64) or "simple"
+    segmentation_loss: str = "dice"  # "dice" (the paper's) or "bce_dice"
+    augment: bool = True
+    cache: bool = True  # keep decoded, resized images in memory between epochs
+    early_stopping_patience: int = 5  # epochs without val_loss improvement before stopping
+    reduce_lr_patience: int = 2  # epochs without improvement before the learning rate is halved
+    seed: int = 0
+    strategy: str = "default"  # "default", "mirrored" or "multiworker" (tf.distribute)
+    mixed_precision: str | None = None  # None, "mixed_float16" or "mixed_bfloat16"
+    tensorboard: bool = False
+    eval_batch_size: int = 16  # the source pipeline evaluates with batch 16

@@ -1,0 +1,271 @@
+"""The models of the three stages over one registry of EfficientNet backbones B0-B4.
+
+``build_classifier`` (stages 1 and 2) puts the paper's source-pipeline head on an EfficientNet encoder from the
+``efficientnet`` package; ``build_unet`` (stage 3) is ``segmentation_models``' UNet with that encoder. Both take
+uint8-range pixels: their first layer is ``Preprocess`` (the encoders' "torch" preprocessing), the one place where
+pixels become model input. Models are saved as weights plus the spec to rebuild them (``save_model`` /
+``load_model``), which needs no custom-object registration and no unsafe deserialisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+os.environ["SM_FRAMEWORK"] = "tf.keras"  # segmentation_models reads this at import; the one place we set it
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+with contextlib.redirect_stdout(io.StringIO()):  # it announces its framework on stdout
+    import segmentation_models as sm  # noqa: E402
+import efficientnet.tfkeras as efn  # noqa: E402
+
+BACKBONES = {
+    "efficientnetb0": efn.EfficientNetB0,
+    "efficientnetb1": efn.EfficientNetB1,
+    "efficientnetb2": efn.EfficientNetB2,
+    "efficientnetb3": efn.EfficientNetB3,
+    "efficientnetb4": efn.EfficientNetB4,
+}
+HEADS = ("paper", "simple")
+# ImageNet statistics: the EfficientNet encoders use "torch" mode, x / 255 then per-channel standardisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "model.weights.h5"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights were asked for but cannot be found locally or downloaded."""
+
+
+def preprocess(images):
+    """uint8 (or float 0-255) ``(..., H, W, 3)`` pixels → float32 encoder input (x/255, ImageNet mean/std)."""
+    images = tf.cast(images, tf.float32) / 255.0
+    return (images - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+@keras.saving.register_keras_serializable(package="steeldefect")
+class Preprocess(keras.layers.Layer):
+    """``preprocess`` as the first layer of every model."""
+
+    def call(self, inputs):
+        return tf.cast(preprocess(inputs), self.compute_dtype)
+
+
+def check_backbone(backbone: str) -> str:
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    return backbone
+
+
+def _check_size(image_size, multiple: int, what: str) -> tuple[int, int]:
+    height, width = (int(v) for v in image_size)
+    if height < multiple or width < multiple or height % multiple or width % multiple:
+        raise ValueError(
+            f"{what} needs image_size (height, width) in multiples of {multiple}, got {height}x{width}; "
+            f"e.g. 256x1600, 128x800 or 64x320 (64x400 fails: 400 is not a multiple of 32)"
+        )
+    return height, width
+
+
+def weights_file_name(backbone: str) -> str:
+    """The file the ``efficientnet`` package downloads for an encoder's ImageNet weights (no top)."""
+    index = check_backbone(backbone)[-1]
+    return f"efficientnet-b{index}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
+
+
+def weights_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _download(file_name: str) -> str:
+    from efficientnet.model import BASE_WEIGHTS_PATH
+
+    return keras.utils.get_file(file_name, BASE_WEIGHTS_PATH + file_name, cache_subdir="models")
+
+
+def resolve_encoder_weights(backbone: str, encoder_weights: str | os.PathLike | None) -> Path | None:
+    """A local weights file for ``encoder_weights`` (``"imagenet"``, None or a path), downloading if it must."""
+    if encoder_weights is None or str(encoder_weights).lower() == "none":
+        return None
+    if str(encoder_weights) != "imagenet":
+        path = Path(encoder_weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder weights file {path} does not exist")
+        return path
+    file_name = weights_file_name(backbone)
+    cached = weights_cache_dir() / file_name
+    if cached.is_file():
+        return cached
+    try:
+        return Path(_download(file_name))
+    except Exception as err:  # offline: get_file raises various errors (URL, socket, ...)
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {backbone} could not be downloaded ({type(err).__name__}: {err}). "
+            f"Place the file {file_name} in {weights_cache_dir()} (the Keras cache, $KERAS_HOME/models or "
+            f"~/.keras/models) to make the download unnecessary, or pass encoder_weights=None (random "
+            f"initialisation) or encoder_weights='/path/to/{file_name}'."
+        ) from err
+
+
+def _encoder(backbone: str, image_size: tuple[int, int], weights: Path | None) -> keras.Model:
+    return BACKBONES[check_backbone(backbone)](
+        include_top=False, weights=None if weights is None else str(weights), input_shape=(*image_size, 3)
+    )
+
+
+def set_bn_momentum(model: keras.Model, momentum: float | None) -> None:
+    """Set the momentum of every BatchNormalization layer (nested models included)."""
+    if momentum is None:
+        return
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def build_classifier(
+    backbone: str,
+    num_outputs: int,
+    image_size: tuple[int, int] = (256, 1600),
+    encoder_weights: str | os.PathLike | None = "imagenet",
+    *,
+    head: str = "paper",
+    bn_momentum: float | None = None,
+) -> keras.Model:
+    """An EfficientNet classifier with sigmoid outputs: stage 1 (``num_outputs=1``) or stage 2 (``4``).
+
+    Args:
+        backbone: ``"efficientnetb0"`` … ``"efficientnetb4"``.
+        num_outputs: sigmoid outputs.
+        image_size: ``(height, width)`` of the input, at least 32 each.
+        encoder_weights: ``"imagenet"``, None, or a path to a weights file for the encoder.
+        head: ``"paper"``: global average pooling → Dense 1024 ReLU → BN → Dropout 0.3 → Dense 512 ReLU → BN →
+            Dropout 0.3 → Dense 64 ReLU → Dense sigmoid (the source pipeline); ``"simple"``: pooling → Dropout 0.2
+            → Dense sigmoid.
+        bn_momentum: if given, the momentum of every BatchNormalization layer.
+
+    Returns:
+        An uncompiled ``keras.Model`` taking uint8-range ``(h, w, 3)`` pixels.
+
+    Example:
+        >>> model = build_classifier("efficientnetb0", 1, (256, 512), encoder_weights=None)
+        >>> model.output_shape
+        (None, 1)
+
+    Reproduces the classifiers of the paper's Section 3 (binary and multi-label classification).
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
+    height, width = (int(v) for v in image_size)
+    if height < 32 or width < 32:
+        raise ValueError(f"a classifier needs image_size of at least 32x32, got {height}x{width}")
+    encoder = _encoder(backbone, (height, width), resolve_encoder_weights(backbone, encoder_weights))
+    inputs = keras.Input((height, width, 3), name="image")
+    x = encoder(Preprocess(name="preprocess")(inputs))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if head == "paper":
+        for units in (1024, 512):
+            x = keras.layers.Dense(units, activation="relu")(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Dropout(0.3)(x)
+        x = keras.layers.Dense(64, activation="relu")(x)
+    else:
+        x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(num_outputs, activation="sigmoid", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone}_classifier{num_outputs}")
+    set_bn_momentum(model, bn_momentum)
+    return model
+
+
+def build_unet(
+    backbone: str,
+    num_classes: int,
+    image_size: tuple[int, int] = (256, 1600),
+    encoder_weights: str | os.PathLike | None = "imagenet",
+    *,
+    bn_momentum: float | None = None,
+) -> keras.Model:
+    """``segmentation_models``' UNet with an EfficientNet encoder and sigmoid masks (stage 3).
+
+    Args:
+        backbone: ``"efficientnetb0"`` … ``"efficientnetb4"``.
+        num_classes: output channels (1 for a per-class UNet as in the paper's source, 4 for a joint one).
+        image_size: ``(height, width)``, multiples of 32 (256x1600, 128x800, 64x320, …).
+        encoder_weights: ``"imagenet"``, None, or a path to a weights file for the encoder.
+        bn_momentum: if given, the momentum of every BatchNormalization layer.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping uint8-range ``(h, w, 3)`` pixels to ``(h, w, num_classes)``.
+
+    Example:
+        >>> unet = build_unet("efficientnetb0", 1, (128, 800), encoder_weights=None)
+        >>> unet.output_shape
+        (None, 128, 800, 1)
+
+    Reproduces the UNet-EfficientNet of the paper's Sections 3.3-3.4.
+    """
+    image_size = _check_size(image_size, 32, "a UNet")
+    weights = resolve_encoder_weights(backbone, encoder_weights)
+    unet = sm.Unet(
+        check_backbone(backbone), encoder_weights=None, classes=num_classes, activation="sigmoid",
+        input_shape=(*image_size, 3),
+    )
+    if weights is not None:  # copy the encoder's weights into the UNet's layers of the same names
+        encoder = _encoder(backbone, image_size, weights)
+        for layer in encoder.layers:
+            if layer.weights:
+                unet.get_layer(layer.name).set_weights(layer.get_weights())
+    inputs = keras.Input((*image_size, 3), name="image")
+    outputs = unet(Preprocess(name="preprocess")(inputs))
+    outputs = keras.layers.Activation("linear", dtype="float32", name="masks")(outputs)  # float32 under mixed precision
+    model = keras.Model(inputs, outputs, name=f"{backbone}_unet{num_classes}")
+    set_bn_momentum(model, bn_momentum)
+    return model
+
+
+def build_model(spec: dict) -> keras.Model:
+    """Rebuild a model from the spec ``save_model`` writes (random weights; ``load_model`` loads them)."""
+    if spec["kind"] == "classifier":
+        return build_classifier(spec["backbone"], spec["num_outputs"], tuple(spec["image_size"]), None,
+                                head=spec.get("head", "paper"))
+    if spec["kind"] == "unet":
+        return build_unet(spec["backbone"], spec["num_outputs"], tuple(spec["image_size"]), None)
+    raise ValueError(f"unknown model kind {spec['kind']!r} in spec {spec}")
+
+
+def model_spec(model: keras.Model, kind: str, backbone: str, head: str | None = None) -> dict:
+    spec = {"kind": kind, "backbone": backbone, "num_outputs": int(model.output_shape[-1]),
+            "image_size": [int(v) for v in model.input_shape[1:3]]}
+    if head is not None:
+        spec["head"] = head
+    return spec
+
+
+def save_model(model: keras.Model, directory: str | Path, spec: dict) -> None:
+    """Write ``model.weights.h5`` and ``model.json`` (the spec) into ``directory``, each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_weights = directory / ("tmp-" + WEIGHTS_FILE)
+    model.save_weights(tmp_weights)
+    tmp_weights.replace(directory / WEIGHTS_FILE)
+    tmp_spec = directory / ("tmp-" + SPEC_FILE)
+    tmp_spec.write_text(json.dumps(spec, indent=2) + "\n")
+    tmp_spec.replace(directory / SPEC_FILE)
+
+
+def load_model(directory: str | Path) -> keras.Model:
+    """Rebuild a saved model from ``model.json`` and load ``model.weights.h5``; errors name a missing file."""
+    directory = Path(directory)
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} is missing: not a saved steeldefect model")
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    model = build_model(spec)
+    model.load_weights(directory / WEIGHTS_FILE)
+    return model

@@ -1,0 +1,406 @@
+"""Train and evaluate one stage of one backbone into a run directory (DESIGN.md, "A run directory ...").
+
+Stages: ``binary`` (all training images), ``multilabel`` (defective images), ``class1`` … ``class4`` (one UNet
+per class on the images containing it, as the paper's source pipeline does) and ``joint`` (one 4-channel UNet).
+A stage lives in ``run_dir/<backbone>/<stage>/`` (segmentation stages under ``segmentation/``) and holds
+``model.json`` + ``model.weights.h5`` (the best epoch on validation loss), ``history.csv`` (every metric per epoch,
+train and validation) and ``metrics.json`` (the paper's metrics on train, validation and test). A stage whose
+``metrics.json`` exists is done and is skipped; an interrupted one resumes from its last completed epoch
+(``keras.callbacks.BackupAndRestore``).
+
+Determinism: one seed sets Python, NumPy and TensorFlow (``keras.utils.set_random_seed``). On CPU, tf.data's
+parallel map keeps element order, so runs repeat closely but not bit for bit: multi-threaded reductions in the
+convolution kernels can change the last bits, and those differences grow over epochs. Call
+``tf.config.experimental.enable_op_determinism()`` for bit-identical runs (slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from . import loaders, metrics, models
+from .config import CLASS_IDS, SPLITS, TrainConfig
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION_STAGES = ("binary", "multilabel")
+SEGMENTATION_STAGES = (*(f"class{c}" for c in CLASS_IDS), "joint")
+ALL_STAGES = (*CLASSIFICATION_STAGES, *SEGMENTATION_STAGES)
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+BEST_WEIGHTS = "best.weights.h5"
+BACKUP_DIR = "backup"
+
+_strategies: dict[str, tf.distribute.Strategy] = {}
+
+
+def check_stage(stage: str) -> str:
+    if stage not in ALL_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(ALL_STAGES)}")
+    return stage
+
+
+def stage_dir(run_dir: str | Path, backbone: str, stage: str) -> Path:
+    """``run_dir/<backbone>/<stage>`` for the classifiers, ``run_dir/<backbone>/segmentation/<stage>`` else."""
+    parent = Path(run_dir) / models.check_backbone(backbone)
+    check_stage(stage)
+    return parent / stage if stage in CLASSIFICATION_STAGES else parent / "segmentation" / stage
+
+
+def stage_task(stage: str) -> tuple[str, int | None]:
+    """``(loader task, class_id)`` of a stage."""
+    check_stage(stage)
+    if stage in CLASSIFICATION_STAGES:
+        return stage, None
+    return "segmentation", None if stage == "joint" else int(stage.removeprefix("class"))
+
+
+def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
+    return (stage_dir(run_dir, backbone, stage) / METRICS_FILE).is_file()
+
+
+def get_strategy(name: str) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy for ``name``, made once per process (a second MultiWorker one fails)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if name not in _strategies:
+        _strategies[name] = {
+            "default": tf.distribute.get_strategy,
+            "mirrored": tf.distribute.MirroredStrategy,
+            "multiworker": tf.distribute.MultiWorkerMirroredStrategy,
+        }[name]()
+    return _strategies[name]
+
+
+@contextlib.contextmanager
+def precision_policy(name: str | None) -> Iterator[None]:
+    """Set Keras' global dtype policy for the block (models built inside it keep it)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown mixed precision {name!r}; valid: {', '.join(map(str, PRECISIONS))}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name or "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.Model:
+    """The compiled model of a stage: classifier (1 or 4 outputs) or UNet (1 or 4 channels), Adam."""
+    task, class_id = stage_task(stage)
+    if task == "segmentation":
+        channels = 1 if class_id is not None else len(CLASS_IDS)
+        model = models.build_unet(backbone, channels, config.image_size, config.encoder_weights,
+                                  bn_momentum=config.bn_momentum)
+        loss = metrics.SEGMENTATION_LOSSES[config.segmentation_loss]
+        model_metrics = [keras.metrics.MeanMetricWrapper(metrics.keras_dice_coef, name="dice_coef")]
+    else:
+        outputs = 1 if task == "binary" else len(CLASS_IDS)
+        model = models.build_classifier(backbone, outputs, config.image_size, config.encoder_weights,
+                                        head=config.head, bn_momentum=config.bn_momentum)
+        loss = keras.losses.BinaryCrossentropy(name="binary_crossentropy")
+        model_metrics = metrics.keras_classification_metrics(outputs)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=model_metrics,
+                  jit_compile=False)  # XLA on CPU: 3x slower to compile and to run (measured)
+    # Create the optimizer's slots now: created inside fit's first trace they cost ~10 s (one variable at a time
+    # in a graph) and make tf.function trace the train step twice.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _spec(model: keras.Model, backbone: str, stage: str, config: TrainConfig) -> dict:
+    task, _ = stage_task(stage)
+    if task == "segmentation":
+        return models.model_spec(model, "unet", backbone)
+    return models.model_spec(model, "classifier", backbone, head=config.head)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name("tmp-" + path.name)
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def read_history(path: str | Path) -> pd.DataFrame:
+    """A stage's ``history.csv`` (one row per epoch) as a DataFrame."""
+    return pd.read_csv(path)
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Writes ``history.csv`` (epoch, learning rate, every metric) whole and atomically after each epoch.
+
+    Unlike ``CSVLogger(append=True)``, a resumed run neither repeats nor loses rows: the file is cut back to the
+    epochs that ``BackupAndRestore`` restored and continued from there.
+    """
+
+    def __init__(self, path: Path, rows: list[dict]):
+        super().__init__()
+        self.path, self.rows = path, rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        self.rows.append(row)
+        tmp = self.path.with_name("tmp-" + self.path.name)
+        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 25) -> int:
+    """Re-estimate every BatchNormalization layer's moving statistics on ``dataset`` (precise BN).
+
+    Short runs from random initialisation leave the moving averages far behind the weights, so inference sits
+    at chance while training accuracy climbs (DESIGN.md, "Known facts"). Averaging the batch statistics of a few
+    forward passes in training mode with the final weights fixes that; no weight is trained. Returns the number
+    of batches used.
+    """
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0  # each training-mode call then stores exactly this batch's statistics
+    forward = tf.function(lambda images: model(images, training=True))
+    sums = [[np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)] for layer in layers]
+    batches = 0
+    try:
+        for images, _ in dataset.take(max_batches):
+            forward(images)
+            for total, layer in zip(sums, layers, strict=True):
+                total[0] += keras.ops.convert_to_numpy(layer.moving_mean)
+                total[1] += keras.ops.convert_to_numpy(layer.moving_variance)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    for (mean, variance), layer in zip(sums, layers, strict=True):
+        if batches:
+            layer.moving_mean.assign(mean / batches)
+            layer.moving_variance.assign(variance / batches)
+    return batches
+
+
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """Precise BN before every validation pass, so val_loss (early stopping, best checkpoint) measures the
+    model as it will be used."""
+
+    def __init__(self, dataset: tf.data.Dataset, max_batches: int):
+        super().__init__()
+        self.dataset, self.max_batches = dataset, max_batches
+
+    def on_test_begin(self, logs=None):
+        recalibrate_batchnorm(self.model, self.dataset, self.max_batches)
+
+
+def _restored_epoch(backup_dir: Path) -> int:
+    meta = backup_dir / "training_metadata.json"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
+
+
+def _previous_rows(history_path: Path, restored_epoch: int) -> list[dict]:
+    if restored_epoch == 0 or not history_path.is_file():
+        return []
+    rows = read_history(history_path).to_dict("records")
+    return [r for r in rows if int(r["epoch"]) <= restored_epoch]
+
+
+def _datasets(table: pd.DataFrame, images_dir: Path, stage: str, config: TrainConfig, split: str, *, train: bool,
+              cache: bool | None = None):
+    task, class_id = stage_task(stage)
+    rows = table[table["split"] == split]
+    return loaders.make_dataset(
+        rows, images_dir, task, class_id=class_id, image_size=config.image_size,
+        batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, augment=train and config.augment,
+        cache=config.cache if cache is None else cache, seed=config.seed,
+    )
+
+
+def train_stage(
+    run_dir: str | Path,
+    backbone: str,
+    stage: str,
+    config: TrainConfig,
+    *,
+    table: pd.DataFrame,
+    images_dir: str | Path,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> dict:
+    """Train one stage of one backbone into its folder of ``run_dir``, evaluate it, and return its metrics.
+
+    Args:
+        run_dir: the run directory.
+        backbone: ``"efficientnetb0"`` … ``"efficientnetb4"``.
+        stage: ``"binary"``, ``"multilabel"``, ``"class1"`` … ``"class4"`` or ``"joint"``.
+        config: the training settings.
+        table: one row per image with a ``split`` column (``data.split_table``).
+        images_dir: the folder of the images.
+        callbacks: extra Keras callbacks (e.g. to stop early in a test).
+        verbose: Keras' ``fit`` verbosity (the progress bar by default).
+
+    Returns:
+        The stage's metrics (``metrics.json``): the paper's metrics on train, validation and test.
+
+    Example:
+        >>> train_stage("runs/demo", "efficientnetb0", "binary", TrainConfig(epochs=2), table=split, images_dir=d)
+
+    Reproduces one training process of the paper's Section 3 (one cell of Tables 2-6).
+    """
+    directory = stage_dir(run_dir, backbone, stage)
+    metrics_path = directory / METRICS_FILE
+    if metrics_path.is_file():
+        log.info("%s/%s is done (%s exists): skipped", backbone, stage, metrics_path)
+        return json.loads(metrics_path.read_text())
+    if "split" not in table.columns:
+        raise ValueError("the table needs a 'split' column (data.split_table)")
+    directory.mkdir(parents=True, exist_ok=True)
+    images_dir = Path(images_dir)
+    if not (directory / models.SPEC_FILE).is_file():
+        _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose)
+    result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
+    _write_json(metrics_path, result)
+    return result
+
+
+def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose) -> None:
+    keras.utils.set_random_seed(config.seed)
+    history_path = directory / HISTORY_FILE
+    backup_dir = directory / BACKUP_DIR
+    restored = _restored_epoch(backup_dir)
+    rows = _previous_rows(history_path, restored)
+    if restored:
+        log.info("%s/%s: resuming after epoch %d", backbone, stage, restored)
+    best_so_far = min((r["val_loss"] for r in rows if "val_loss" in r), default=None)
+    train = _datasets(table, images_dir, stage, config, "train", train=True)
+    val = _datasets(table, images_dir, stage, config, "val", train=False)
+    # Precise BN reads a few un-augmented training batches each epoch: no need to cache them a second time.
+    calibration = _datasets(table, images_dir, stage, config, "train", train=False, cache=False)
+    with precision_policy(config.mixed_precision), get_strategy(config.strategy).scope():
+        model = build_stage_model(backbone, stage, config)
+        # Build the compiled metrics eagerly on one batch too (another ~8 s off the first epoch).
+        model._symbolic_build(data_batch=next(iter(train)))
+    best_path = directory / BEST_WEIGHTS
+    stage_callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        HistoryRecorder(history_path, rows),
+        keras.callbacks.ModelCheckpoint(
+            str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience),
+        *callbacks,
+    ]
+    if config.bn_recalibration_batches:
+        stage_callbacks.insert(0, RecalibrateBatchNorm(calibration, config.bn_recalibration_batches))
+    if config.tensorboard:
+        stage_callbacks.append(keras.callbacks.TensorBoard(str(directory / "tensorboard")))
+    model.fit(train, validation_data=val, epochs=config.epochs, callbacks=stage_callbacks, verbose=verbose,
+              shuffle=False)  # tf.data shuffles
+    if best_path.is_file():
+        model.load_weights(best_path)
+    models.save_model(model, directory, _spec(model, backbone, stage, config))
+    best_path.unlink(missing_ok=True)
+    shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def _classification_arrays(model, rows, images_dir, stage, config) -> tuple[np.ndarray, np.ndarray]:
+    task, _ = stage_task(stage)
+    dataset = loaders.make_dataset(rows, images_dir, task, image_size=config.image_size,
+                                   batch_size=config.eval_batch_size)
+    y_true = np.concatenate([y.numpy() for _, y in dataset])
+    y_prob = model.predict(dataset, verbose=0)
+    return y_true, y_prob
+
+
+def _segmentation_scores(model, rows, images_dir, class_id, config) -> dict[int, dict[str, list]]:
+    """Per image: soft Dice (the paper's) and Dice of the mask thresholded at 0.5, per channel, streamed."""
+    dataset = loaders.make_dataset(rows, images_dir, "segmentation", class_id=class_id,
+                                   image_size=config.image_size, batch_size=config.eval_batch_size)
+    channels = [class_id] if class_id is not None else list(CLASS_IDS)
+    scores = {c: {"soft": [], "hard": [], "present": []} for c in channels}
+    for images, masks in dataset:
+        probs = model(images, training=False).numpy()
+        truth = masks.numpy().astype(np.float32)
+        soft = metrics.dice_per_image(truth, probs)
+        hard = metrics.dice_per_image(truth, (probs >= metrics.THRESHOLD).astype(np.float32))
+        present = truth.any(axis=(1, 2))
+        for k, c in enumerate(channels):
+            scores[c]["soft"].extend(soft[:, k])
+            scores[c]["hard"].extend(hard[:, k])
+            scores[c]["present"].extend(present[:, k])
+    return scores
+
+
+def _dice_summary(score: dict[str, list]) -> dict:
+    present = np.asarray(score["present"], bool)
+    if not present.any():
+        return {"dice_coef": None, "dice_loss": None, "dice_coef_thresholded": None, "n_images": 0}
+    soft = float(np.mean(np.asarray(score["soft"])[present]))
+    return {"dice_coef": soft, "dice_loss": 1.0 - soft,
+            "dice_coef_thresholded": float(np.mean(np.asarray(score["hard"])[present])),
+            "n_images": int(present.sum())}
+
+
+def evaluate_stage(
+    directory: str | Path, stage: str, config: TrainConfig, *, table: pd.DataFrame, images_dir: str | Path
+) -> dict:
+    """The paper's metrics of a saved stage on train, validation and test (exact, dataset-level).
+
+    Classifiers: binary cross-entropy, acc, f1_score, precision, recall (micro over (image, class) pairs for
+    multi-label) and exact match, plus ``batch_averaged``: the paper-style per-batch values. Segmentation: per
+    class, the mean per-image soft Dice over the images that contain the class (the paper's definition),
+    ``dice_loss = 1 - dice_coef``, and the Dice of masks thresholded at 0.5.
+    """
+    directory = Path(directory)
+    model = models.load_model(directory)
+    task, class_id = stage_task(stage)
+    result: dict = {"stage": stage, "image_size": list(config.image_size)}
+    for split in SPLITS:
+        rows = loaders.select_rows(table[table["split"] == split], task, class_id)
+        if rows.empty:
+            result[split] = None
+            continue
+        if task == "segmentation":
+            scores = _segmentation_scores(model, rows, Path(images_dir), class_id, config)
+            if class_id is not None:
+                result[split] = _dice_summary(scores[class_id])
+            else:
+                result[split] = {f"class{c}": _dice_summary(s) for c, s in scores.items()}
+        else:
+            y_true, y_prob = _classification_arrays(model, rows, Path(images_dir), stage, config)
+            result[split] = {**metrics.classification_metrics(y_true, y_prob), "n_images": len(rows)}
+            result.setdefault("batch_averaged", {})[split] = metrics.batch_averaged(
+                y_true, y_prob, config.eval_batch_size)
+    return result
+
+
+def config_dict(config: TrainConfig) -> dict:
+    """A ``TrainConfig`` as JSON-ready data."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

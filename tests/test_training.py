@@ -1,0 +1,154 @@
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from steeldefect import data, models, rle, training
+from steeldefect.config import TrainConfig
+
+SIZE = (64, 320)
+
+
+def squares_table(tmp_path, n=24, seed=0):
+    """Images with one bright square each (class 3) or none: a task a tiny model learns in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    images_dir = tmp_path / "train_images"
+    images_dir.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        image = rng.integers(60, 90, (*SIZE, 3)).astype(np.uint8)
+        mask = np.zeros(SIZE, np.uint8)
+        if i % 3:
+            r, c = int(rng.integers(0, 40)), int(rng.integers(0, 280))
+            mask[r : r + 20, c : c + 36] = 1
+            image[mask == 1] = 220
+        name = f"{i:09x}.jpg"
+        tf.io.write_file(str(images_dir / name), tf.io.encode_jpeg(image, quality=95))
+        rows.append({"ImageId": name, "Defect_1": "", "Defect_2": "", "Defect_3": rle.encode(mask), "Defect_4": ""})
+    table = pd.DataFrame(rows)
+    table["n_defects"] = (table["Defect_3"] != "").astype(int)
+    table["has_defect"] = table["n_defects"] > 0
+    return data.split_table(table, test_size=0.2, val_size=0.25), images_dir
+
+
+def test_stage_layout_and_errors(tmp_path):
+    assert training.stage_dir(tmp_path, "efficientnetb0", "binary") == tmp_path / "efficientnetb0" / "binary"
+    assert training.stage_dir(tmp_path, "efficientnetb3", "class2") == tmp_path / "efficientnetb3" / "segmentation" / "class2"
+    assert training.stage_task("class4") == ("segmentation", 4)
+    assert training.stage_task("joint") == ("segmentation", None)
+    with pytest.raises(ValueError, match="unknown stage 'class5'; valid: binary, multilabel, class1"):
+        training.stage_dir(tmp_path, "efficientnetb0", "class5")
+    with pytest.raises(ValueError, match="unknown strategy 'tpu'"):
+        training.get_strategy("tpu")
+    with pytest.raises(ValueError, match="unknown mixed precision 'fp8'"):
+        with training.precision_policy("fp8"):
+            pass
+
+
+@pytest.mark.slow
+def test_a_tiny_model_learns_and_precise_bn_fixes_stale_statistics(tmp_path):
+    """With EfficientNet's default BN momentum (0.99) a few dozen steps leave inference far behind training
+    (the trap of DESIGN.md); re-estimating the BN statistics closes the gap."""
+    from steeldefect import loaders
+
+    split, images_dir = squares_table(tmp_path)
+    config = TrainConfig(image_size=SIZE, batch_size=4, augment=False, head="simple", bn_momentum=None)
+    model = training.build_stage_model("efficientnetb0", "binary", config)
+    rows = split[split["split"] == "train"]
+    train = loaders.make_dataset(rows, images_dir, "binary", image_size=SIZE, batch_size=4, shuffle=True, cache=True)
+    plain = loaders.make_dataset(rows, images_dir, "binary", image_size=SIZE, batch_size=16)
+    start = model.evaluate(plain, verbose=0)[0]
+    history = model.fit(train.repeat(), steps_per_epoch=40, epochs=1, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * start  # learning happens (training mode)
+    stale = model.evaluate(plain, verbose=0)[0]
+    assert training.recalibrate_batchnorm(model, plain) == 1
+    calibrated = model.evaluate(plain, verbose=0)[0]
+    assert calibrated < 0.3 * start and calibrated < 0.5 * stale, (start, stale, calibrated)
+    momenta = {x.momentum for x in model._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)}
+    assert momenta == {0.99}  # restored
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Interrupts training as a Ctrl-C would, after a given epoch has been saved."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+class CountEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.started = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started.append(epoch + 1)
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_right_epoch_and_finished_stages_are_skipped(tmp_path):
+    split, images_dir = squares_table(tmp_path, n=15)
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=3, early_stopping_patience=10, head="simple")
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
+                             callbacks=[StopAfter(2)], verbose=0)
+    directory = training.stage_dir(run, "efficientnetb0", "binary")
+    assert training.read_history(directory / "history.csv")["epoch"].tolist() == [1, 2]
+    assert not (directory / "metrics.json").exists()
+    counter = CountEpochs()
+    result = training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
+                                  callbacks=[counter], verbose=0)
+    assert counter.started == [3]
+    history = training.read_history(directory / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert {"loss", "val_loss", "acc", "val_acc", "f1_score", "precision", "recall", "learning_rate"} <= set(history.columns)
+    assert not (directory / "backup").exists() and not (directory / "best.weights.h5").exists()
+    saved = json.loads((directory / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for split_name in ("train", "val", "test"):
+        values = saved[split_name]
+        assert set(values) >= {"binary_crossentropy", "acc", "f1_score", "precision", "recall", "n_images"}
+        assert 0 <= values["acc"] <= 1 and np.isfinite(values["binary_crossentropy"])
+    assert saved["test"]["n_images"] == (split["split"] == "test").sum()
+    assert set(saved["batch_averaged"]["val"]) == {"binary_crossentropy", "acc", "precision", "recall", "f1_score"}
+    again = CountEpochs()
+    assert training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
+                                callbacks=[again], verbose=0) == saved
+    assert again.started == []  # done: skipped, not retrained
+    reloaded = models.load_model(directory)
+    assert reloaded.output_shape == (None, 1)
+
+
+@pytest.mark.slow
+def test_segmentation_stage_metrics_and_joint(tmp_path):
+    split, images_dir = squares_table(tmp_path, n=15)
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=1)
+    result = training.train_stage(tmp_path / "run", "efficientnetb0", "joint", config, table=split,
+                                  images_dir=images_dir, verbose=0)
+    values = result["val"]["class3"]
+    assert values["dice_loss"] == pytest.approx(1 - values["dice_coef"])
+    assert values["n_images"] == int(((split["split"] == "val") & split["has_defect"]).sum())
+    assert result["val"]["class1"]["dice_coef"] is None and result["val"]["class1"]["n_images"] == 0
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_and_mixed_precision_on_cpu(tmp_path):
+    split, images_dir = squares_table(tmp_path, n=12)
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=1, strategy="mirrored",
+                         mixed_precision="mixed_bfloat16", head="simple")
+    with training.precision_policy(config.mixed_precision), training.get_strategy("mirrored").scope():
+        model = training.build_stage_model("efficientnetb0", "binary", config)
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert any(layer.compute_dtype == "bfloat16" for layer in model.get_layer(index=2).layers)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the block
+    result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=split,
+                                  images_dir=images_dir, verbose=0)
+    assert np.isfinite(result["val"]["binary_crossentropy"])
