@@ -18,7 +18,7 @@ import tensorflow as tf
 from . import rle
 from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE
 
-TASKS = ("binary", "multilabel", "segmentation")
+TASKS = ("binary", "multilabel", "segmentation", "masks")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -30,7 +30,7 @@ def select_rows(table: pd.DataFrame, task: str, class_id: int | None = None) -> 
         raise ValueError(
             f"class_id={class_id!r} is only for task='segmentation' and must be one of {CLASS_IDS}"
         )
-    if task == "binary":
+    if task in ("binary", "masks"):
         return table
     if task == "multilabel" or class_id is None:
         return table[table["has_defect"]]
@@ -47,20 +47,24 @@ def _check_image_size(image_size) -> tuple[int, int]:
     return height, width
 
 
+def resize_images(images, image_size: tuple[int, int]) -> tf.Tensor:
+    """uint8 ``(..., H, W, 3)`` → uint8 ``(..., h, w, 3)``: bilinear with antialiasing, rounded. Training and the
+    cascade resize with this one function."""
+    resized = tf.image.resize(images, image_size, method="bilinear", antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+
 def _load(path, rles, labels, *, task, class_id, image_size, mask_shape):
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     image = tf.cond(  # full-size training skips the resize
-        tf.reduce_all(tf.shape(image)[:2] == image_size),
-        lambda: image,
-        lambda: tf.cast(tf.round(tf.clip_by_value(
-            tf.image.resize(image, image_size, method="bilinear", antialias=True), 0.0, 255.0)), tf.uint8),
+        tf.reduce_all(tf.shape(image)[:2] == image_size), lambda: image, lambda: resize_images(image, image_size)
     )
     image = tf.ensure_shape(image, (*image_size, 3))
     if task == "binary":
         return image, tf.cast(tf.reduce_any(labels > 0, keepdims=True), tf.float32)
     if task == "multilabel":
         return image, tf.cast(labels, tf.float32)
-    channels = [class_id] if class_id is not None else list(CLASS_IDS)
+    channels = [class_id] if class_id is not None else list(CLASS_IDS)  # "masks" and joint segmentation: all four
     masks = rle.decode_tf_channels(tf.gather(rles, [c - 1 for c in channels]), mask_shape)
     if tuple(image_size) != tuple(mask_shape):
         masks = tf.image.resize(masks, image_size, method="nearest")
@@ -103,7 +107,8 @@ def make_dataset(
         images_dir: the folder holding the ``ImageId`` JPEGs.
         task: ``"binary"`` (all rows, target ``(1,)`` = has_defect), ``"multilabel"`` (defective rows, target
             ``(4,)``) or ``"segmentation"`` (target ``(h, w, 1)`` for ``class_id=c`` on the rows that have class c;
-            ``(h, w, 4)`` on defective rows when ``class_id`` is None).
+            ``(h, w, 4)`` on defective rows when ``class_id`` is None), or ``"masks"`` (every row with its
+            ``(h, w, 4)`` masks, empty ones included: what the cascade is evaluated on).
         image_size: ``(height, width)`` the images (and masks) are resized to.
         batch_size: images per batch (the last batch may be smaller).
         class_id: 1-4 for a per-class segmentation dataset.
@@ -146,7 +151,7 @@ def make_dataset(
         if shuffle:  # shuffle file names, not decoded images
             dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.map(load, num_parallel_calls=AUTOTUNE)
-    segmentation = task == "segmentation"
+    segmentation = task in ("segmentation", "masks")
     if augment:
         dataset = dataset.map(lambda x, y: _augment(x, y, segmentation=segmentation), num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)

@@ -20,7 +20,8 @@ def _all(dataset):
 
 @pytest.mark.parametrize(
     ("task", "class_id", "target_shape"),
-    [("binary", None, (1,)), ("multilabel", None, (4,)), ("segmentation", 3, (*SIZE, 1)), ("segmentation", None, (*SIZE, 4))],
+    [("binary", None, (1,)), ("multilabel", None, (4,)), ("segmentation", 3, (*SIZE, 1)),
+     ("segmentation", None, (*SIZE, 4)), ("masks", None, (*SIZE, 4))],
 )
 def test_element_spec_and_row_selection(twin, task, class_id, target_shape):
     root, table = twin
@@ -28,10 +29,10 @@ def test_element_spec_and_row_selection(twin, task, class_id, target_shape):
     image_spec, target_spec = ds.element_spec
     assert image_spec.shape.as_list() == [None, *SIZE, 3] and image_spec.dtype == tf.uint8
     assert tuple(target_spec.shape.as_list()[1:]) == target_shape
-    assert target_spec.dtype == (tf.uint8 if task == "segmentation" else tf.float32)
+    assert target_spec.dtype == (tf.uint8 if task in ("segmentation", "masks") else tf.float32)
     images, targets = _all(ds)
     assert len(images) == len(loaders.select_rows(table, task, class_id))
-    expected = {"binary": len(table), "multilabel": int(table["has_defect"].sum()),
+    expected = {"binary": len(table), "masks": len(table), "multilabel": int(table["has_defect"].sum()),
                 "segmentation": int((table["Defect_3"] != "").sum()) if class_id else int(table["has_defect"].sum())}
     assert len(images) == expected[task]
 
@@ -101,7 +102,7 @@ def test_shuffle_is_seeded_and_cache_gives_the_same_data(twin):
 def test_bad_arguments(twin):
     root, table = twin
     images_dir = root / "train_images"
-    with pytest.raises(ValueError, match="unknown task 'boxes'; expected one of binary, multilabel, segmentation"):
+    with pytest.raises(ValueError, match="unknown task 'boxes'; expected one of binary, multilabel, segmentation, masks"):
         loaders.make_dataset(table, images_dir, "boxes", image_size=SIZE, batch_size=2)
     with pytest.raises(ValueError, match="class_id=5 is only for task='segmentation' and must be one of"):
         loaders.make_dataset(table, images_dir, "segmentation", class_id=5, image_size=SIZE, batch_size=2)

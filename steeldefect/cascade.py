@@ -1,0 +1,523 @@
+"""The paper's cascade made usable: stage 1 → stage 2 → stage 3 → area filter (Section 3).
+
+``Cascade.predict(image)`` runs an image through the binary classifier (defect or not), the multi-label
+classifier (which classes) for images predicted defective, the segmentation model of each class predicted
+present, and the area filter (``thresholds``), and says for each class why it was kept or dropped.
+``steeldefect.cascade.predict(image)`` does the same with the default cascade (``$STEELDEFECT_CASCADE`` or the
+latest experiments run). ``python -m steeldefect.cascade`` predicts from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import loaders, metrics, models, rle, thresholds
+from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE
+
+log = logging.getLogger(__name__)
+
+CASCADE_FILE = "cascade.json"
+RUNS_DIR = Path("runs")  # relative to the working directory, as experiments writes it
+LATEST_FILE = "latest.txt"  # in RUNS_DIR: the path of the latest experiments run
+GATINGS = ("paper", "none")
+COLOURS = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}  # RGB per class
+
+KEPT = "kept"
+NO_DEFECT = "dropped: stage 1 predicted no defect"
+ABSENT = "dropped: stage 2 probability below its threshold"
+EMPTY = "dropped: stage 3 predicted an empty mask"
+
+
+class CascadeError(RuntimeError):
+    """A cascade that cannot be found or loaded; the message says what is missing and how to make one."""
+
+
+@dataclass
+class CascadeResult:
+    """What the cascade says about one image. Masks are at the input's size; ``rles`` at 256x1600."""
+
+    masks: np.ndarray  # (H, W, 4) bool, channel = class_id - 1
+    defect_prob: float
+    class_probs: np.ndarray  # (4,), NaN where stage 2 did not run
+    areas: dict[int, int]  # predicted area per class at the input's size, before the area filter
+    rles: dict[int, str]
+    decisions: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[int]:
+        """The classes kept."""
+        return [c for c in CLASS_IDS if self.decisions.get(c) == KEPT]
+
+
+def _read_image(image) -> np.ndarray:
+    """A path or an ``H×W`` / ``H×W×3`` uint8 array → ``H×W×3`` uint8 RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise ValueError(f"{path}: not a readable image (OpenCV could not decode it)")
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8 (0-255), got {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] == 3:
+        return array
+    raise ValueError(f"an image array must be H×W or H×W×3, got shape {array.shape}")
+
+
+def _resolve(base: Path, relative: str) -> Path:
+    path = (base / relative).resolve()
+    if not (path / models.SPEC_FILE).is_file():
+        raise CascadeError(f"{base / CASCADE_FILE} names {relative}, but {path / models.SPEC_FILE} is missing")
+    return path
+
+
+class Cascade:
+    """The three stages and the area filter of the paper, with the settings that join them.
+
+    Args:
+        binary: stage-1 model (1 sigmoid output).
+        multilabel: stage-2 model (4 sigmoid outputs).
+        segmentation: ``{class_id: model}`` of per-class UNets (1 channel each), or ``{0: model}`` for one joint
+            4-channel UNet.
+        image_size: ``(height, width)`` the models take.
+        limits: area limits ``{class_id: (min, max)}`` in 256x1600 pixels (``thresholds.area_thresholds``).
+        binary_threshold, label_thresholds, pixel_threshold: decision thresholds (0.5 as in the paper's source).
+        gating: ``"paper"`` (stage 1 → 2 → 3) or ``"none"`` (every class segmented, area filter only).
+        area_filter: apply the area limits.
+        searched: per-class thresholds from ``thresholds.search_thresholds``; used when ``use_searched``.
+
+    Example:
+        >>> cascade = Cascade.load("runs/default")
+        >>> result = cascade.predict("data/synthetic/test_images/0a1b2c3d4.jpg")
+        >>> result.classes, result.decisions
+    """
+
+    def __init__(self, binary, multilabel, segmentation: dict, image_size, limits=None, *,
+                 binary_threshold: float = 0.5, label_thresholds: dict[int, float] | None = None,
+                 pixel_threshold: float = 0.5, gating: str = "paper", area_filter: bool = True,
+                 searched: dict | None = None, use_searched: bool = False, batch_size: int = 8):
+        if gating not in GATINGS:
+            raise ValueError(f"gating must be one of {', '.join(GATINGS)}, got {gating!r}")
+        if not (set(segmentation) == set(CLASS_IDS) or set(segmentation) == {0}):
+            raise ValueError(f"segmentation needs models for classes {CLASS_IDS} or {{0: joint}}, got {sorted(segmentation)}")
+        self.binary, self.multilabel, self.segmentation = binary, multilabel, segmentation
+        self.image_size = tuple(int(v) for v in image_size)
+        self.limits = dict(limits or thresholds.area_thresholds(None))
+        self.binary_threshold = binary_threshold
+        self.label_thresholds = label_thresholds or dict.fromkeys(CLASS_IDS, 0.5)
+        self.pixel_threshold = pixel_threshold
+        self.gating, self.area_filter = gating, area_filter
+        self.searched, self.use_searched = searched, use_searched
+        self.batch_size = batch_size
+        self.source: Path | None = None
+        self.calls = {"binary": 0, "multilabel": 0, "segmentation": 0}  # images each stage has seen
+
+    # ----- loading and saving
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> Cascade:
+        """Read a run directory's or a bundle's ``cascade.json`` and the models it names."""
+        path = Path(path)
+        spec_path = path if path.suffix == ".json" else path / CASCADE_FILE
+        if not spec_path.is_file():
+            raise CascadeError(
+                f"{spec_path} is missing: not a cascade. Make one with `python -m steeldefect.experiments` "
+                "(it writes cascade.json into the run directory) or save one with Cascade.save(path)."
+            )
+        spec = json.loads(spec_path.read_text())
+        base = spec_path.parent
+        load = lambda rel: models.load_model(_resolve(base, rel))  # noqa: E731
+        segmentation = {int(k): load(v) for k, v in spec["segmentation"].items()}
+        settings = {
+            "limits": {int(k): tuple(v) for k, v in spec["limits"].items()},
+            "binary_threshold": spec.get("binary_threshold", 0.5),
+            "label_thresholds": {int(k): v for k, v in spec.get("label_thresholds", {}).items()} or None,
+            "pixel_threshold": spec.get("pixel_threshold", 0.5),
+            "searched": {int(k): v for k, v in spec["searched"].items()} if spec.get("searched") else None,
+        }
+        settings.update(overrides)
+        cascade = cls(load(spec["binary"]), load(spec["multilabel"]), segmentation, spec["image_size"], **settings)
+        cascade.source = base
+        return cascade
+
+    def save(self, path: str | Path) -> Path:
+        """Write a self-contained bundle: the models (weights + spec) and ``cascade.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        parts = {"binary": self.binary, "multilabel": self.multilabel,
+                 **{f"segmentation/{'joint' if k == 0 else f'class{k}'}": m for k, m in self.segmentation.items()}}
+        for name, model in parts.items():
+            kind = "unet" if name.startswith("segmentation") else "classifier"
+            backbone = model.name.split("_")[0]
+            head = None
+            if kind == "classifier":
+                head = "paper" if any(layer.name.startswith("dense") and layer.units == 1024
+                                      for layer in model.layers if hasattr(layer, "units")) else "simple"
+            models.save_model(model, path / name, models.model_spec(model, kind, backbone, head))
+        spec = self.to_spec()
+        spec.update({"binary": "binary", "multilabel": "multilabel",
+                     "segmentation": {str(k): f"segmentation/{'joint' if k == 0 else f'class{k}'}"
+                                      for k in self.segmentation}})
+        (path / CASCADE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        return path
+
+    def to_spec(self) -> dict:
+        return {
+            "image_size": list(self.image_size),
+            "limits": {str(k): list(v) for k, v in self.limits.items()},
+            "binary_threshold": self.binary_threshold,
+            "label_thresholds": {str(k): v for k, v in self.label_thresholds.items()},
+            "pixel_threshold": self.pixel_threshold,
+            "searched": {str(k): v for k, v in self.searched.items()} if self.searched else None,
+        }
+
+    # ----- prediction
+
+    def _thresholds(self, class_id: int) -> tuple[float, float, tuple[float, float]]:
+        """(label threshold, pixel threshold, (min, max) area at 256x1600) for a class."""
+        if self.use_searched and self.searched:
+            found = self.searched[class_id]
+            return found["label_threshold"], found["pixel_threshold"], (found["min_area"], float("inf"))
+        return self.label_thresholds[class_id], self.pixel_threshold, self.limits[class_id]
+
+    def _run(self, model, images: np.ndarray, stage: str) -> np.ndarray:
+        self.calls[stage] += len(images)
+        outputs = [model(images[i : i + self.batch_size], training=False).numpy()
+                   for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(outputs) if outputs else np.zeros((0,))
+
+    def probabilities(self, small: np.ndarray, gating: str | None = None):
+        """Stage outputs for model-size images: defect probs (n,), class probs (n, 4) (NaN where stage 2 did not
+        run), mask probs (n, h, w, 4) (0 where stage 3 did not run), and which (image, class) were segmented."""
+        gating = gating or self.gating
+        n = len(small)
+        defect = self._run(self.binary, small, "binary").reshape(n) if n else np.zeros(0)
+        class_probs = np.full((n, len(CLASS_IDS)), np.nan, np.float32)
+        masks = np.zeros((n, *self.image_size, len(CLASS_IDS)), np.float32)
+        if gating == "none":
+            class_probs[:] = self._run(self.multilabel, small, "multilabel") if n else 0
+            segment = np.ones((n, len(CLASS_IDS)), bool)
+        else:
+            defective = np.flatnonzero(defect >= self.binary_threshold)
+            if defective.size:
+                class_probs[defective] = self._run(self.multilabel, small[defective], "multilabel")
+            label = np.array([self._thresholds(c)[0] for c in CLASS_IDS])
+            segment = np.nan_to_num(class_probs, nan=-1.0) >= label
+        if 0 in self.segmentation:
+            rows = np.flatnonzero(segment.any(axis=1))
+            if rows.size:
+                masks[rows] = self._run(self.segmentation[0], small[rows], "segmentation")
+            masks *= segment[:, None, None, :]  # classes not segmented stay empty
+        else:
+            for k, class_id in enumerate(CLASS_IDS):
+                rows = np.flatnonzero(segment[:, k])
+                if rows.size:
+                    masks[rows, :, :, k] = self._run(self.segmentation[class_id], small[rows], "segmentation")[..., 0]
+        return defect, class_probs, masks, segment
+
+    def predict_batch(self, images: Sequence) -> list[CascadeResult]:
+        """``predict`` for many images, each stage batched over only the images that reach it."""
+        pixels = [_read_image(image) for image in images]
+        if not pixels:
+            return []
+        small = np.stack([loaders.resize_images(p, self.image_size).numpy() if p.shape[:2] != self.image_size
+                          else p for p in pixels])
+        defect, class_probs, mask_probs, segmented = self.probabilities(small)
+        return [self._result(p, defect[i], class_probs[i], mask_probs[i], segmented[i]) for i, p in enumerate(pixels)]
+
+    def predict(self, image) -> CascadeResult:
+        """Run one image through the cascade.
+
+        Args:
+            image: a path, or an ``H×W`` or ``H×W×3`` uint8 array of any size (resized for the models; the masks
+                come back at the input's size).
+
+        Returns:
+            A ``CascadeResult``: ``masks`` (H, W, 4) bool, ``defect_prob``, ``class_probs`` (4,), ``areas``,
+            ``rles`` (Kaggle strings at 256x1600) and ``decisions`` (why each class was kept or dropped).
+
+        Example:
+            >>> result = cascade.predict("steel.jpg")
+            >>> result.decisions[3]
+            'kept'
+
+        Reproduces the paper's Section 3 pipeline with its Section 3.5 post-processing.
+        """
+        return self.predict_batch([image])[0]
+
+    def _result(self, pixels, defect_prob, class_probs, mask_probs, segmented) -> CascadeResult:
+        height, width = pixels.shape[:2]
+        if (height, width) != self.image_size:
+            mask_probs = cv2.resize(mask_probs, (width, height), interpolation=cv2.INTER_LINEAR)
+            mask_probs = mask_probs.reshape(height, width, -1)
+        masks = np.zeros((height, width, len(CLASS_IDS)), bool)
+        areas, rles, decisions = {}, {}, {}
+        scale = height * width / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+        for k, class_id in enumerate(CLASS_IDS):
+            _, pixel, (low, high) = self._thresholds(class_id)
+            mask = mask_probs[:, :, k] >= pixel
+            areas[class_id] = int(mask.sum())
+            if self.gating == "paper" and defect_prob < self.binary_threshold:
+                decisions[class_id] = NO_DEFECT
+            elif not segmented[k]:
+                decisions[class_id] = ABSENT
+            elif areas[class_id] == 0:
+                decisions[class_id] = EMPTY
+            elif self.area_filter and not low * scale <= areas[class_id] <= high * scale:
+                decisions[class_id] = (f"dropped: area {areas[class_id] / scale:.0f} px (at 256x1600) outside "
+                                       f"[{low:.0f}, {high:.0f}]")
+            else:
+                decisions[class_id] = KEPT
+                masks[:, :, k] = mask
+            full = masks[:, :, k]
+            if (height, width) != IMAGE_SHAPE:
+                full = cv2.resize(full.astype(np.uint8), IMAGE_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
+            rles[class_id] = rle.encode(full)
+        return CascadeResult(masks, float(defect_prob), class_probs.astype(np.float32), areas, rles, decisions)
+
+
+# ----- the default cascade and module-level helpers
+
+_default: Cascade | None = None
+
+
+def default_cascade_path() -> Path:
+    """``$STEELDEFECT_CASCADE``, else the run named in ``runs/latest.txt``; a ``CascadeError`` says how to make one."""
+    env = os.environ.get("STEELDEFECT_CASCADE")
+    if env:
+        return Path(env)
+    latest = RUNS_DIR / LATEST_FILE
+    if latest.is_file():
+        return Path(latest.read_text().strip())
+    raise CascadeError(
+        "no default cascade: $STEELDEFECT_CASCADE is not set and no experiments run was recorded in "
+        f"{latest}. Run `python -m steeldefect.experiments` to train one, or pass "
+        "cascade=Cascade.load(path) with a run directory or bundle."
+    )
+
+
+def load_default() -> Cascade:
+    """The default cascade, loaded once per process."""
+    global _default
+    path = default_cascade_path()
+    if _default is None or _default.source != Path(path).resolve():
+        _default = Cascade.load(path)
+    return _default
+
+
+def predict(image, cascade: Cascade | None = None) -> CascadeResult:
+    """Run one steel image through the paper's cascade.
+
+    Args:
+        image: a path, or an ``H×W`` or ``H×W×3`` uint8 array of any size.
+        cascade: a ``Cascade``; by default the one in ``$STEELDEFECT_CASCADE`` or the latest experiments run
+            (loaded once).
+
+    Returns:
+        A ``CascadeResult`` (masks at the input's size, probabilities, areas, Kaggle RLEs, per-class decisions).
+
+    Example:
+        >>> import steeldefect.cascade
+        >>> result = steeldefect.cascade.predict("data/synthetic/train_images/0a1b2c3d4.jpg")
+        >>> result.classes
+
+    Reproduces the paper's Section 3: binary → multi-label → UNet per class → area filter (Section 3.5).
+    """
+    return (cascade or load_default()).predict(image)
+
+
+def _submission_format(images_dir: Path) -> str:
+    sample = images_dir.parent / "sample_submission.csv"
+    if sample.is_file() and sample.read_text().startswith("ImageId_ClassId"):
+        return "2019"
+    return "2020"
+
+
+def predict_dir(images_dir: str | Path, cascade: Cascade | None = None, *, submission_format: str | None = None,
+                batch_size: int = 16) -> pd.DataFrame:
+    """Predict every ``.jpg`` in a folder → a DataFrame in the Kaggle submission format, 4 rows per image.
+
+    The format follows ``sample_submission.csv`` beside the folder when present (2019:
+    ``ImageId_ClassId,EncodedPixels``), else 2020: ``ImageId,EncodedPixels,ClassId``.
+    """
+    images_dir = Path(images_dir)
+    cascade = cascade or load_default()
+    names = sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() == ".jpg")
+    if not names:
+        raise FileNotFoundError(f"{images_dir}: no .jpg images to predict")
+    submission_format = submission_format or _submission_format(images_dir)
+    rows = []
+    with tqdm(total=len(names), desc="predict", unit="img") as bar:
+        for start in range(0, len(names), batch_size):
+            chunk = names[start : start + batch_size]
+            for name, result in zip(chunk, cascade.predict_batch([images_dir / n for n in chunk]), strict=True):
+                rows.extend((name, c, result.rles[c]) for c in CLASS_IDS)
+            bar.update(len(chunk))
+    if submission_format == "2019":
+        return pd.DataFrame({"ImageId_ClassId": [f"{n}_{c}" for n, c, _ in rows],
+                             "EncodedPixels": [r for _, _, r in rows]})
+    return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])[["ImageId", "EncodedPixels", "ClassId"]]
+
+
+def write_submission(df: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path
+
+
+def overlay(image, masks: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """An RGB uint8 picture: each class filled in its own colour and outlined."""
+    picture = _read_image(image).copy()
+    masks = np.asarray(masks).astype(bool)
+    if masks.shape != (*picture.shape[:2], len(CLASS_IDS)):
+        raise ValueError(f"masks must be {(*picture.shape[:2], len(CLASS_IDS))} for this image, got {masks.shape}")
+    for k, class_id in enumerate(CLASS_IDS):
+        mask = masks[:, :, k]
+        if not mask.any():
+            continue
+        colour = np.array(COLOURS[class_id], np.float32)
+        picture[mask] = ((1 - alpha) * picture[mask] + alpha * colour).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(picture, contours, -1, COLOURS[class_id], 2)
+    return picture
+
+
+def evaluate_cascade(cascade: Cascade, table: pd.DataFrame, images_dir: str | Path, split: str = "test",
+                     batch_size: int = 16) -> dict:
+    """Kaggle mean Dice (every image, 4 classes), per-class Dice and presence confusion per class, for the
+    paper's cascade, the cascade without the area filter, no gating (segmentation everywhere, area filter) and,
+    when the cascade has them, the searched thresholds. Computed at the models' image size."""
+    rows = table[table["split"] == split] if "split" in table.columns else table
+    images_dir = Path(images_dir)
+    variants = {"paper cascade": ("paper", True, False), "without area filter": ("paper", False, False),
+                "no gating": ("none", True, False)}
+    if cascade.searched:
+        variants["searched thresholds"] = ("paper", True, True)
+    dice = {name: [] for name in variants}
+    confusion = {name: np.zeros((len(CLASS_IDS), 4), np.int64) for name in variants}  # tp, fp, fn, tn
+    size = cascade.image_size
+    limits = thresholds.scale_limits(cascade.limits, size)
+    factor = size[0] * size[1] / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+    dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=size, batch_size=batch_size)
+    # gating="none" runs every model on every image; the gated variants are derived from the same outputs.
+    for images, truth in dataset:
+        small, truth = images.numpy(), truth.numpy().astype(bool)
+        defect, class_probs, mask_probs, _ = cascade.probabilities(small, gating="none")
+        for name, (gating, area_filter, searched) in variants.items():
+            pred = np.zeros_like(truth)
+            for k, class_id in enumerate(CLASS_IDS):
+                if searched:
+                    found = cascade.searched[class_id]
+                    label, pixel, (low, high) = (found["label_threshold"], found["pixel_threshold"],
+                                                 (found["min_area"] * factor, np.inf))
+                else:
+                    label, pixel, (low, high) = cascade.label_thresholds[class_id], cascade.pixel_threshold, limits[class_id]
+                mask = mask_probs[..., k] >= pixel
+                keep = np.ones(len(small), bool)
+                if gating == "paper":
+                    keep &= (defect >= cascade.binary_threshold) & (class_probs[:, k] >= label)
+                if area_filter:
+                    area = mask.sum(axis=(1, 2))
+                    keep &= (area >= low) & (area <= high)
+                pred[..., k] = mask & keep[:, None, None]
+            dice[name].append(metrics.kaggle_dice_per_pair(pred, truth))
+            has_pred, has_true = pred.any(axis=(1, 2)), truth.any(axis=(1, 2))
+            confusion[name] += np.stack([(has_pred & has_true).sum(0), (has_pred & ~has_true).sum(0),
+                                         (~has_pred & has_true).sum(0), (~has_pred & ~has_true).sum(0)], axis=1)
+    result = {"split": split, "n_images": len(rows), "image_size": list(size), "variants": {}}
+    for name in variants:
+        pairs = np.concatenate(dice[name]) if dice[name] else np.zeros((0, len(CLASS_IDS)))
+        result["variants"][name] = {
+            "kaggle_mean_dice": float(pairs.mean()) if pairs.size else None,
+            "per_class_dice": {f"class{c}": float(pairs[:, k].mean()) if pairs.size else None
+                               for k, c in enumerate(CLASS_IDS)},
+            "presence": {f"class{c}": dict(zip(("tp", "fp", "fn", "tn"), map(int, confusion[name][k]), strict=True))
+                         for k, c in enumerate(CLASS_IDS)},
+        }
+    return result
+
+
+def validation_outputs(cascade: Cascade, table: pd.DataFrame, images_dir: str | Path, split: str = "val",
+                       batch_size: int = 16):
+    """Stage outputs and true masks (at the models' size) of one split, for ``thresholds.search_thresholds``."""
+    rows = table[table["split"] == split]
+    dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=cascade.image_size,
+                                   batch_size=batch_size)
+    parts = [(*cascade.probabilities(x.numpy(), gating="none")[:3], y.numpy()) for x, y in dataset]
+    defect, class_probs, mask_probs, truth = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return defect, class_probs, mask_probs.astype(np.float16), truth
+
+
+def true_masks(row: pd.Series) -> np.ndarray:
+    """The (256, 1600, 4) bool masks of a table row."""
+    return np.stack([rle.decode(row[col]).astype(bool) for col in DEFECT_COLUMNS], axis=-1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m steeldefect.cascade --run RUN_DIR IMAGE_OR_DIR... [--submission out.csv] [--overlays DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m steeldefect.cascade",
+                                     description="Predict steel defects with a trained cascade.")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="run directory or bundle with cascade.json (default: $STEELDEFECT_CASCADE or the latest run)")
+    parser.add_argument("inputs", nargs="+", type=Path, help="images or folders of .jpg images")
+    parser.add_argument("--submission", type=Path, help="write a Kaggle submission CSV here")
+    parser.add_argument("--overlays", type=Path, help="write an overlay PNG per image into this folder")
+    parser.add_argument("--searched", action="store_true", help="use the thresholds searched on validation")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        cascade = Cascade.load(args.run or default_cascade_path(), use_searched=args.searched)
+    except CascadeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths = []
+    for item in args.inputs:
+        if item.is_dir():
+            paths.extend(sorted(p for p in item.iterdir() if p.suffix.lower() == ".jpg"))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            print(f"error: {item}: no such file or folder", file=sys.stderr)
+            return 2
+    if args.overlays:
+        args.overlays.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in tqdm(paths, desc="predict", unit="img", disable=len(paths) < 2):
+        try:
+            result = cascade.predict(path)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        kept = ", ".join(f"class {c} ({result.areas[c]} px)" for c in result.classes) or "no defect"
+        print(f"{path.name}: defect p={result.defect_prob:.2f}; {kept}")
+        rows.extend((path.name, c, result.rles[c]) for c in CLASS_IDS)
+        if args.overlays:
+            picture = overlay(path, result.masks)
+            cv2.imwrite(str(args.overlays / f"{path.stem}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if args.submission:
+        df = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])[["ImageId", "EncodedPixels", "ClassId"]]
+        write_submission(df, args.submission)
+        print(f"submission: {args.submission} ({len(df)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

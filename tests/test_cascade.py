@@ -1,0 +1,207 @@
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from steeldefect import cascade as cascade_module
+from steeldefect import data, models, rle, synthetic
+from steeldefect.cascade import Cascade, CascadeError
+
+SIZE = (64, 320)
+
+
+def constant_classifier(probabilities):
+    """A stand-in classifier whose outputs are fixed (its Dense layer has zero weights and a chosen bias)."""
+    probabilities = np.asarray(probabilities, np.float32)
+    inputs = keras.Input((*SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    layer = keras.layers.Dense(len(probabilities), activation="sigmoid")
+    outputs = layer(x)
+    layer.set_weights([np.zeros((3, len(probabilities)), np.float32), np.log(probabilities / (1 - probabilities))])
+    return keras.Model(inputs, outputs, name="efficientnetb0_stand-in")
+
+
+def constant_unet(mask):
+    """A stand-in segmentation model that predicts ``mask`` (h, w, c) for every image."""
+    constant = tf.constant(mask.astype(np.float32))
+    inputs = keras.Input((*SIZE, 3))
+    outputs = keras.layers.Lambda(lambda x: tf.broadcast_to(constant, (tf.shape(x)[0], *constant.shape)))(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def square(class_size=(20, 40)):
+    mask = np.zeros((*SIZE, 1), np.float32)
+    mask[10 : 10 + class_size[0], 50 : 50 + class_size[1]] = 0.9
+    return mask
+
+
+def make(defect=0.9, classes=(0.1, 0.1, 0.8, 0.1), masks=None, **kwargs):
+    masks = masks or {c: constant_unet(square()) for c in (1, 2, 3, 4)}
+    return Cascade(constant_classifier([defect]), constant_classifier(classes), masks, SIZE, **kwargs)
+
+
+IMAGE = np.full((*SIZE, 3), 120, np.uint8)
+
+
+def test_stage1_no_means_empty_masks_and_later_stages_never_run():
+    cascade = make(defect=0.2)
+    result = cascade.predict(IMAGE)
+    assert not result.masks.any() and result.masks.shape == (*SIZE, 4) and result.masks.dtype == bool
+    assert cascade.calls == {"binary": 1, "multilabel": 0, "segmentation": 0}
+    assert set(result.decisions.values()) == {cascade_module.NO_DEFECT}
+    assert np.isnan(result.class_probs).all()
+    assert result.rles == {1: "", 2: "", 3: "", 4: ""}
+
+
+def test_only_classes_predicted_present_are_segmented():
+    cascade = make()
+    result = cascade.predict(IMAGE)
+    assert cascade.calls == {"binary": 1, "multilabel": 1, "segmentation": 1}
+    assert result.classes == [3]
+    assert result.decisions[1] == cascade_module.ABSENT
+    assert result.masks[:, :, 2].sum() == 20 * 40 == result.areas[3]
+    np.testing.assert_allclose(result.class_probs, [0.1, 0.1, 0.8, 0.1], rtol=1e-5)
+    assert result.defect_prob == pytest.approx(0.9)
+
+
+def test_gating_none_segments_every_class_and_only_filters_areas():
+    cascade = make(defect=0.2, gating="none")
+    result = cascade.predict(IMAGE)
+    assert cascade.calls["segmentation"] == 4
+    # 800 px at 64x320 is 16,000 px at 256x1600 (20x the pixels): inside the limits of classes 3 and 4 only
+    assert result.classes == [3, 4]
+    assert result.decisions[1].startswith("dropped: area 16000 px (at 256x1600) outside [500, 15500]")
+    assert not make(gating="none", area_filter=False).predict(IMAGE).decisions[1].startswith("dropped")
+
+
+def test_batch_runs_each_stage_on_only_the_images_that_reach_it():
+    cascade = make(defect=0.9)
+    cascade.binary = constant_unet  # replaced below by a model whose output depends on the image
+    inputs = keras.Input((*SIZE, 3))
+    bright = keras.layers.Lambda(lambda x: tf.cast(tf.reduce_mean(x, axis=(1, 2, 3))[:, None] > 100, tf.float32))(inputs)
+    cascade.binary = keras.Model(inputs, bright)
+    images = [IMAGE, np.zeros((*SIZE, 3), np.uint8), IMAGE]
+    results = cascade.predict_batch(images)
+    assert [r.classes for r in results] == [[3], [], [3]]
+    assert cascade.calls == {"binary": 3, "multilabel": 2, "segmentation": 2}
+
+
+def test_masks_come_back_at_the_input_size_and_rles_at_full_size():
+    result = make().predict(np.full((256, 1600), 120, np.uint8))  # grayscale, full size (models run at 64x320)
+    assert result.masks.shape == (256, 1600, 4)
+    assert abs(int(result.masks[:, :, 2].sum()) - 20 * 800) < 0.05 * 20 * 800  # upsampled 4x5, then thresholded
+    assert np.array_equal(rle.decode(result.rles[3]).astype(bool), result.masks[:, :, 2])
+    half = make().predict(np.full((128, 800, 3), 120, np.uint8))
+    assert half.masks.shape == (128, 800, 4)
+    assert abs(rle.area(half.rles[3]) - 4 * int(half.masks[:, :, 2].sum())) <= 4  # RLEs are always at 256x1600
+
+
+def test_joint_segmentation_model():
+    mask = np.zeros((*SIZE, 4), np.float32)
+    mask[..., 2:3] = square()
+    mask[..., 0] = 0.9  # class 1 everywhere: never reached, stage 2 says absent
+    cascade = make(masks={0: constant_unet(mask)})
+    result = cascade.predict(IMAGE)
+    assert result.classes == [3] and not result.masks[:, :, 0].any()
+
+
+def test_bad_inputs_name_what_is_wrong(tmp_path):
+    cascade = make()
+    with pytest.raises(FileNotFoundError, match="missing.jpg: no such image file"):
+        cascade.predict(tmp_path / "missing.jpg")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.jpg: not a readable image"):
+        cascade.predict(tmp_path / "notes.jpg")
+    with pytest.raises(ValueError, match="must be uint8 \\(0-255\\), got float64"):
+        cascade.predict(np.zeros((64, 320)))
+    with pytest.raises(ValueError, match=r"must be H×W or H×W×3, got shape \(64, 320, 4\)"):
+        cascade.predict(np.zeros((64, 320, 4), np.uint8))
+    with pytest.raises(ValueError, match="gating must be one of paper, none"):
+        make(gating="sometimes")
+
+
+def _trained_bundle(tmp_path):
+    """A real (untrained) cascade of small EfficientNet models, saved as a bundle."""
+    binary = models.build_classifier("efficientnetb0", 1, SIZE, None, head="simple")
+    multi = models.build_classifier("efficientnetb0", 4, SIZE, None)
+    joint = models.build_unet("efficientnetb0", 4, SIZE, None)
+    cascade = Cascade(binary, multi, {0: joint}, SIZE, gating="none", area_filter=False)
+    return cascade, cascade.save(tmp_path / "bundle")
+
+
+def test_save_load_and_default_lookup(tmp_path, monkeypatch):
+    cascade, bundle = _trained_bundle(tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (*SIZE, 3)).astype(np.uint8)
+    expected = cascade.predict(image)
+    loaded = Cascade.load(bundle, gating="none", area_filter=False)
+    again = loaded.predict(image)
+    assert again.defect_prob == pytest.approx(expected.defect_prob, abs=1e-6)
+    np.testing.assert_allclose(again.class_probs, expected.class_probs, atol=1e-6)
+    assert again.rles == expected.rles
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STEELDEFECT_CASCADE", raising=False)
+    with pytest.raises(CascadeError, match=r"no default cascade.*python -m steeldefect.experiments.*Cascade.load"):
+        cascade_module.predict(image)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest.txt").write_text(str(bundle))
+    assert cascade_module.default_cascade_path() == bundle
+    assert cascade_module.predict(image).defect_prob == pytest.approx(loaded.predict(image).defect_prob, abs=1e-6)
+    monkeypatch.setenv("STEELDEFECT_CASCADE", str(tmp_path / "elsewhere"))
+    with pytest.raises(CascadeError, match="elsewhere/cascade.json is missing"):
+        cascade_module.predict(image)
+    spec = json.loads((bundle / "cascade.json").read_text())
+    spec["multilabel"] = "gone"
+    (bundle / "cascade.json").write_text(json.dumps(spec))
+    with pytest.raises(CascadeError, match="names gone, but .*gone/model.json is missing"):
+        Cascade.load(bundle)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    root = synthetic.make_synthetic_severstal(tmp_path_factory.mktemp("twin") / "twin", 12, seed=2, n_test_images=3)
+    return root, data.load_table(root)
+
+
+def test_submission_has_four_rows_per_image_in_the_sample_format(twin, tmp_path):
+    root, _ = twin
+    cascade = make()
+    df = cascade_module.predict_dir(root / "test_images", cascade)
+    assert list(df.columns) == list(pd.read_csv(root / "sample_submission.csv").columns)
+    assert len(df) == 4 * 3 and df.groupby("ImageId").size().tolist() == [4, 4, 4]
+    assert df["ClassId"].tolist() == [1, 2, 3, 4] * 3
+    kept = df[df["EncodedPixels"] != ""]
+    assert kept["ClassId"].tolist() == [3, 3, 3]
+    assert abs(rle.area(kept["EncodedPixels"].iloc[0]) - 20 * 800) < 0.05 * 20 * 800  # 800 px at 64x320, upsampled
+    path = cascade_module.write_submission(df, tmp_path / "out" / "submission.csv")
+    assert pd.read_csv(path, keep_default_na=False).equals(df)
+    old = cascade_module.predict_dir(root / "test_images", cascade, submission_format="2019")
+    assert list(old.columns) == ["ImageId_ClassId", "EncodedPixels"] and old["ImageId_ClassId"][2].endswith("_3")
+
+
+def test_overlay_colours_each_class():
+    masks = np.zeros((*SIZE, 4), bool)
+    masks[5:30, 5:60, 0] = True
+    masks[30:60, 100:200, 3] = True
+    picture = cascade_module.overlay(IMAGE, masks)
+    assert picture.shape == (*SIZE, 3) and picture.dtype == np.uint8
+    assert tuple(picture[6, 6]) != tuple(IMAGE[6, 6]) and tuple(picture[0, 300]) == tuple(IMAGE[0, 300])
+    assert picture[15, 30, 0] > picture[15, 30, 2]  # class 1 is red
+    with pytest.raises(ValueError, match="masks must be"):
+        cascade_module.overlay(IMAGE, masks[:10])
+
+
+def test_evaluate_cascade_variants(twin):
+    root, table = twin
+    split = table.assign(split="test")
+    result = cascade_module.evaluate_cascade(make(defect=0.2), split, root / "train_images", "test")
+    variants = result["variants"]
+    assert set(variants) == {"paper cascade", "without area filter", "no gating"}
+    empty_pairs = 1 - data.class_labels(table).mean()
+    # stage 1 says "no defect" everywhere: the gated cascades predict nothing at all
+    assert variants["paper cascade"]["kaggle_mean_dice"] == pytest.approx(empty_pairs)
+    presence = variants["paper cascade"]["presence"]["class3"]
+    assert presence["tp"] == presence["fp"] == 0 and presence["fn"] == int((table["Defect_3"] != "").sum())
+    assert variants["no gating"]["presence"]["class3"]["tp"] + variants["no gating"]["presence"]["class3"]["fp"] == len(table)

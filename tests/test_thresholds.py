@@ -1,0 +1,86 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from steeldefect import paper, rle, thresholds
+
+LIMITS = {1: (500, 15500), 2: (700, 10000), 3: (1100, 160000), 4: (2800, 127000)}
+
+
+def _masks_with_areas(areas, shape=(256, 1600)):
+    masks = np.zeros((*shape, 4), bool)
+    for k, area in enumerate(areas):
+        masks[:, :, k].reshape(-1)[:0] = False
+        flat = masks[:, :, k].ravel(order="F")
+        flat[:area] = True
+        masks[:, :, k] = flat.reshape(shape, order="F")
+    return masks
+
+
+@pytest.mark.parametrize(
+    ("areas", "kept"),
+    [
+        ((499, 699, 1099, 2799), (False, False, False, False)),  # just under min
+        ((500, 700, 1100, 2800), (True, True, True, True)),  # at min: kept
+        ((15500, 10000, 160000, 127000), (True, True, True, True)),  # at max: kept
+        ((15501, 10001, 160001, 127001), (False, False, False, False)),  # just over max
+        ((0, 5000, 0, 5000), (False, True, False, True)),
+    ],
+)
+def test_area_filter_on_crafted_masks(areas, kept):
+    masks = _masks_with_areas(areas)
+    out = thresholds.apply_area_thresholds(masks, LIMITS)
+    assert out.dtype == bool and out.shape == masks.shape
+    assert tuple(out[:, :, k].any() for k in range(4)) == kept
+    for k in range(4):
+        assert np.array_equal(out[:, :, k], masks[:, :, k] if kept[k] else np.zeros_like(masks[:, :, k]))
+
+
+def test_area_filter_scales_limits_and_takes_batches():
+    # at 128x800 the areas are a quarter: min 125 for class 1
+    small = np.stack([_masks_with_areas((124, 175, 275, 700), (128, 800)),
+                      _masks_with_areas((125, 174, 40000, 31751), (128, 800))])
+    out = thresholds.apply_area_thresholds(small, LIMITS)
+    assert out.shape == small.shape
+    assert out.any(axis=(1, 2)).tolist() == [[False, True, True, True], [True, False, True, False]]
+    with pytest.raises(ValueError, match=r"masks must be \(H, W, 4\) or \(N, H, W, 4\), got shape \(4, 4\)"):
+        thresholds.apply_area_thresholds(np.zeros((4, 4)), LIMITS)
+
+
+def test_paper_limits_are_the_default():
+    assert thresholds.area_thresholds(None) == paper.AREA_THRESHOLDS
+
+
+def test_limits_from_training_masks_use_the_sources_percentile_rule():
+    areas = list(range(100, 10100, 100))  # 100 masks of class 1 with areas 100 ... 10000
+    table = pd.DataFrame({
+        "ImageId": [f"{i}.jpg" for i in range(100)],
+        "Defect_1": [f"1 {a}" for a in areas], "Defect_2": [""] * 100, "Defect_3": [""] * 100,
+        "Defect_4": ["1 3000"] * 100, "split": ["train"] * 100,
+    })
+    table.loc[0, "split"] = "val"  # not counted
+    limits = thresholds.area_thresholds(table)
+    kept = np.sort(areas[1:])  # 99 training masks; index int(0.02 * 99) = 1 from each end
+    assert limits[1] == (int(round(kept[1] / 100) * 100), int(round(kept[-2] / 100) * 100)) == (300, 9900)
+    assert limits[4] == (3000, 3000)
+    assert limits[2] == paper.AREA_THRESHOLDS[2]  # no masks: the paper's limits
+    assert rle.area(table["Defect_1"][5]) == 600
+
+
+def test_search_finds_the_thresholds_that_maximise_dice():
+    n, h, w = 12, 32, 32
+    truth = np.zeros((n, h, w, 4), bool)
+    truth[:6, 4:20, 4:20, 0] = True  # class 1 in half the images
+    mask_probs = np.where(truth, 0.65, 0.2).astype(np.float32)
+    mask_probs[6:, :2, :2, 0] = 0.9  # speckles where there is no defect: a minimum area removes them
+    class_probs = np.zeros((n, 4))
+    class_probs[:6, 0] = 0.45  # present, but below the default label threshold
+    class_probs[6:9, 0] = 0.45  # speckled images the classifier also calls positive
+    class_probs[9:, 0] = 0.35
+    # at 32x32 an area of 2,000 px (at 256x1600) is 5 px: it removes the 4-px speckles, not the 256-px defects
+    found = thresholds.search_thresholds(class_probs, mask_probs, truth,
+                                         min_areas=(0, 2000, 200000), label_thresholds=(0.4, 0.5),
+                                         pixel_thresholds=(0.5, 0.7))
+    assert found[1]["label_threshold"] == 0.4 and found[1]["pixel_threshold"] == 0.5
+    assert found[1]["min_area"] == 2000 and found[1]["dice"] == pytest.approx(1.0)
+    assert found[2]["dice"] == pytest.approx(1.0)  # nothing there, nothing predicted
