@@ -199,8 +199,8 @@ class Cascade:
 
     def _run(self, model, images: np.ndarray, stage: str) -> np.ndarray:
         self.calls[stage] += len(images)
-        outputs = [model(images[i : i + self.batch_size], training=False).numpy()
-                   for i in range(0, len(images), self.batch_size)]
+        forward = models.forward_fn(model)
+        outputs = [forward(images[i : i + self.batch_size]).numpy() for i in range(0, len(images), self.batch_size)]
         return np.concatenate(outputs) if outputs else np.zeros((0,))
 
     def probabilities(self, small: np.ndarray, gating: str | None = None):

@@ -73,3 +73,44 @@ class TrainConfig:
     mixed_precision: str | None = None  # None, "mixed_float16" or "mixed_bfloat16"
     tensorboard: bool = False
     eval_batch_size: int = 16  # the source pipeline evaluates with batch 16
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A scale of the whole experiment: ``smoke`` (CI), ``quick`` (the default, on the twin) or ``paper``."""
+
+    name: str
+    description: str
+    twin_images: int  # size of the synthetic twin used when no data folder is given
+    image_size: tuple[int, int]  # one size for every stage, so that the cascade feeds all models the same input
+    classifier_epochs: int
+    segmentation_epochs: int
+    batch_size: int
+    segmentation: str  # "joint" (one 4-channel UNet per backbone) or "per_class" (four UNets, as the source)
+    encoder_weights: str | None
+    learning_rate: float = 1e-3
+    segmentation_loss: str = "dice"
+    backbones: tuple[str, ...] = BACKBONES
+
+    def stages(self) -> tuple[str, ...]:
+        segmentation = ("joint",) if self.segmentation == "joint" else SEGMENTATION_TASKS
+        return ("binary", "multilabel", *segmentation)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        "smoke", "CI scale: a tiny twin, one epoch, all five backbones (checks the pipeline, not the numbers)",
+        twin_images=48, image_size=(64, 320), classifier_epochs=1, segmentation_epochs=1, batch_size=8,
+        segmentation="joint", encoder_weights=None,
+    ),
+    "quick": Profile(
+        "quick", "the default on the synthetic twin: small images, one joint UNet per backbone, random init",
+        twin_images=1200, image_size=(64, 320), classifier_epochs=6, segmentation_epochs=6, batch_size=8,
+        segmentation="joint", encoder_weights=None, segmentation_loss="bce_dice",
+    ),
+    "paper": Profile(
+        "paper", "the paper's protocol on the Kaggle data: ImageNet weights, four per-class UNets, for a GPU",
+        twin_images=0, image_size=(256, 800), classifier_epochs=20, segmentation_epochs=20, batch_size=8,
+        segmentation="per_class", encoder_weights="imagenet", learning_rate=3e-4,
+    ),
+}

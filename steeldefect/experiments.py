@@ -1,79 +1,325 @@
-"""``python -m steeldefect.experiments``: the one orchestrator of the paper's experiments.
+"""``python -m steeldefect.experiments``: train, evaluate and report the paper's experiments end to end.
 
-Today it loads a Kaggle-layout data folder (by default the synthetic twin, generated once into ``data/synthetic``),
-splits it as the paper does and prints the dataset statistics beside the paper's (Sections 3.1-3.2 and 4).
-Training and Tables 2-7 come in later versions.
+With no ``--data-dir`` it writes the synthetic twin (once, into ``data/``) and runs the ``quick`` profile: all five
+backbones, every stage, Tables 2-7, figures and the cascade. Given a Kaggle folder it runs the same code on it.
+Everything lands in a run directory (DESIGN.md); rerunning the same command resumes: finished stages are
+skipped, an interrupted one continues from its last epoch. ``--report-only`` rebuilds tables and figures from the
+run's files without training.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import sys
+import time
+import warnings
 from pathlib import Path
 
-from . import data, paper, synthetic
-from .config import CLASS_IDS, SPLIT_SEED
+from .config import PROFILES, SPLIT_SEED
 
-DEFAULT_TWIN_DIR = Path("data/synthetic")  # relative to the working directory, as data/README.md says
-DEFAULT_TWIN_IMAGES = 1500
+DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
+RUNS_DIR = Path("runs")
+STOP_AFTER_ENV = "STEELDEFECT_STOP_AFTER_STAGES"  # test hook: exit as if interrupted after N trained stages
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m steeldefect.experiments",
-        description="Reproduce Yulianto et al. (2023) on a Kaggle-layout Severstal folder.",
+        description="Reproduce Yulianto et al. (2023): train the three stages for EfficientNet B0-B4, evaluate, "
+        "and write Tables 2-7 and the figures into a run directory.",
     )
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="Kaggle-layout folder (train.csv, train_images/); default: the synthetic twin in "
-                        f"{DEFAULT_TWIN_DIR}, generated on first use")
-    parser.add_argument("--twin-images", type=int, default=DEFAULT_TWIN_IMAGES,
-                        help="images of the synthetic twin when no --data-dir is given")
-    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the train/val/test split")
+    parser.add_argument("--data-dir", type=Path, help="Kaggle-layout folder (train.csv, train_images/); default: "
+                        "the synthetic twin, generated into data/ on first use")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                        help="scale: smoke (CI), quick (default, the twin), paper (Kaggle data, GPU)")
+    parser.add_argument("--backbones", nargs="+", help="subset of efficientnetb0 ... efficientnetb4")
+    parser.add_argument("--run-dir", type=Path, help="where results go (default: runs/<profile>)")
+    parser.add_argument("--epochs", type=int, help="epochs for every stage (overrides the profile)")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="model input, multiples of 32")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
+    parser.add_argument("--encoder-weights", help="imagenet, none, or a path to a weights file")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
+    parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
+                        choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")
+    parser.add_argument("--twin-images", type=int, help="size of the synthetic twin (default: the profile's)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+    parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures, no training")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's logs and warnings")
     return parser
 
 
-def describe(table, split) -> str:
-    """The dataset statistics and split sizes as text, ours beside the paper's."""
-    stats = data.dataset_stats(table)
-    lines = [f"images: {stats.n_images} (paper: {paper.N_IMAGES})"]
-    lines.append("rows per class: " + ", ".join(
-        f"{c}: {stats.rows_per_class[c]} (paper {paper.ROWS_PER_CLASS[c]})" for c in CLASS_IDS))
-    lines.append("images by number of classes: " + ", ".join(
-        f"{k}: {stats.images_by_n_classes[k]} (paper {paper.IMAGES_BY_N_CLASSES[k]})" for k in range(4)))
-    counts = split["split"].value_counts()
-    lines.append("split: " + ", ".join(
-        f"{s}: {int(counts.get(s, 0))} (paper {paper.SPLIT_SIZES[s]})" for s in ("train", "val", "test")))
-    return "\n".join(lines)
+def _quiet(verbose: bool) -> None:
+    """Silence TensorFlow's C++ logs and Python warnings (must run before TensorFlow is imported)."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # TensorFlow's CUDA probing logs through absl before TF_CPP_MIN_LOG_LEVEL is read: hide stderr meanwhile.
+    devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.constant(0)  # device discovery happens on the first op
+        tf.get_logger().setLevel("ERROR")
+        tf.autograph.set_verbosity(0)
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _settings(args, profile) -> dict:
+    image_size = tuple(args.image_size) if args.image_size else profile.image_size
+    encoder_weights = profile.encoder_weights if args.encoder_weights is None else args.encoder_weights
+    if str(encoder_weights).lower() == "none":
+        encoder_weights = None
+    return {
+        "profile": profile.name,
+        "backbones": list(args.backbones or profile.backbones),
+        "stages": list(profile.stages()),
+        "image_size": list(image_size),
+        "classifier_epochs": args.epochs or profile.classifier_epochs,
+        "segmentation_epochs": args.epochs or profile.segmentation_epochs,
+        "batch_size": args.batch_size or profile.batch_size,
+        "learning_rate": profile.learning_rate,
+        "segmentation_loss": profile.segmentation_loss,
+        "encoder_weights": None if encoder_weights is None else str(encoder_weights),
+        "seed": args.seed,
+        "strategy": args.strategy,
+        "mixed_precision": args.mixed_precision,
+    }
+
+
+def _train_config(settings: dict, stage: str):
+    from .config import TrainConfig
+
+    epochs = settings["classifier_epochs"] if stage in ("binary", "multilabel") else settings["segmentation_epochs"]
+    pretrained = settings["encoder_weights"] is not None
+    return TrainConfig(
+        image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
+        learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
+        bn_momentum=None if pretrained else 0.9, segmentation_loss=settings["segmentation_loss"],
+        seed=settings["seed"], strategy=settings["strategy"], mixed_precision=settings["mixed_precision"],
+    )
+
+
+def _prepare_run(args, run_dir: Path, settings: dict) -> dict:
+    """Write config.json once; a rerun must match it (else --fresh)."""
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        saved = json.loads(config_path.read_text())
+        differing = [k for k, v in settings.items() if saved.get(k) != v]
+        if differing:
+            raise SystemExit(
+                f"error: {run_dir} holds a run with other settings ({', '.join(differing)}); use --fresh to start "
+                "over or --run-dir for a new run"
+            )
+        return saved
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import keras
+    import tensorflow as tf
+
+    config = dict(settings)
+    config["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def run(args) -> int:
+    from . import cascade as cascade_lib
+    from . import data, report, synthetic, thresholds, training
+    from .cascade import Cascade
+
+    start = time.time()
+    profile = PROFILES[args.profile]
+    run_dir = args.run_dir or RUNS_DIR / profile.name
+    if args.report_only:
+        results = report.build_report(run_dir)
+        print(f"report rebuilt from {run_dir}: {run_dir / 'report.md'}")
+        return 0 if results else 1
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    data_dir, is_synthetic = args.data_dir, args.data_dir is None
+    if profile.name == "paper" and is_synthetic:
+        raise SystemExit("error: the paper profile runs on the Kaggle data: pass --data-dir (see data/README.md)")
+    if is_synthetic:
+        n_images = args.twin_images or profile.twin_images
+        data_dir = DATA_DIR / f"synthetic-{n_images}"
+        print(f"data: the synthetic Severstal twin, {n_images} images, in {data_dir} (written once)")
+        synthetic.make_synthetic_severstal(data_dir, n_images, seed=0)
+    settings = _settings(args, profile)
+    settings.update({"data_dir": str(Path(data_dir).resolve()), "synthetic": is_synthetic})
+    config = _prepare_run(args, run_dir, settings)
+
+    table = data.load_table(data_dir)
+    splits_path = run_dir / "splits.csv"
+    if splits_path.is_file():
+        table = table.merge(data.pd.read_csv(splits_path), on="ImageId", how="left", validate="one_to_one")
+        if table["split"].isna().any():
+            raise SystemExit(f"error: {splits_path} does not cover every image of {data_dir}; use --fresh")
+    else:
+        table = data.split_table(table, seed=config["seed"])
+        table[["ImageId", "split"]].to_csv(splits_path, index=False)
+    stats = data.dataset_stats(table[table["split"] == "train"])
+    all_stats = data.dataset_stats(table)
+    (run_dir / "dataset_stats.json").write_text(json.dumps({
+        "n_images": all_stats.n_images, "rows_per_class": all_stats.rows_per_class,
+        "images_by_n_classes": all_stats.images_by_n_classes,
+        "areas": {c: stats.areas[c].tolist() for c in stats.areas},
+        "split_sizes": table["split"].value_counts().to_dict(),
+    }) + "\n")
+    limits = thresholds.area_thresholds(table)
+    (run_dir / "thresholds.json").write_text(json.dumps({
+        "limits": {str(c): list(v) for c, v in limits.items()},
+        "source": "2nd/98th percentiles of the training masks' areas (paper, Section 3.5)",
+        "paper": {str(c): list(v) for c, v in thresholds.area_thresholds(None).items()},
+    }, indent=2) + "\n")
+    print(f"run: {run_dir} · profile {profile.name} · {len(table)} images "
+          f"(train {int((table['split'] == 'train').sum())}, val {int((table['split'] == 'val').sum())}, "
+          f"test {int((table['split'] == 'test').sum())}) · image size {config['image_size'][0]}x{config['image_size'][1]}")
+
+    images_dir = Path(data_dir) / "train_images"
+    jobs = [(b, s) for b in config["backbones"] for s in config["stages"]]
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    trained, spent = 0, []
+    for index, (backbone, stage) in enumerate(jobs, start=1):
+        done = training.is_done(run_dir, backbone, stage)
+        task, class_id = training.stage_task(stage)
+        n_train = len(training.loaders.select_rows(table[table["split"] == "train"], task, class_id))
+        train_config = _train_config(config, stage)
+        remaining = len(jobs) - index + 1
+        eta = f" · ETA run {_duration(sum(spent) / len(spent) * remaining)}" if spent else ""
+        print(f"[{index}/{len(jobs)}] {backbone} · {stage} · {n_train} training images · "
+              f"{train_config.epochs} epochs{' · done, skipped' if done else ''} · elapsed "
+              f"{_duration(time.time() - start)}{eta}", flush=True)
+        if done:
+            continue
+        stage_start = time.time()
+        training.train_stage(run_dir, backbone, stage, train_config, table=table, images_dir=images_dir,
+                             verbose=2 if not sys.stdout.isatty() else "auto")
+        spent.append(time.time() - stage_start)
+        trained += 1
+        if stop_after and trained >= stop_after:
+            print(f"stopping after {trained} stage(s) ({STOP_AFTER_ENV})")
+            return 130
+
+    print("cascade: choosing each stage's backbone on the validation split", flush=True)
+    choice = _choose_cascade(run_dir, config)
+    (run_dir / "cascade.json").write_text(json.dumps(choice, indent=2) + "\n")
+    cascade = Cascade.load(run_dir)
+    val_outputs = cascade_lib.validation_outputs(cascade, table, images_dir, "val")
+    defect, class_probs, mask_probs, truth = val_outputs
+    choice["searched"] = {str(c): v for c, v in thresholds.search_thresholds(
+        class_probs, mask_probs.astype("float32"), truth, defect_probs=defect).items()}
+    (run_dir / "cascade.json").write_text(json.dumps(choice, indent=2) + "\n")
+    cascade = Cascade.load(run_dir)
+    print("cascade: evaluating on the test split", flush=True)
+    evaluation = cascade_lib.evaluate_cascade(cascade, table, images_dir, "test")
+    (run_dir / "cascade_eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    _overlays(cascade, table, images_dir, run_dir / "figures")
+    total = time.time() - start
+    (run_dir / "timing.json").write_text(json.dumps({"total_s": total, "stages_trained": trained,
+                                                     "stage_seconds": spent}, indent=2) + "\n")
+    report.build_report(run_dir)
+    cascade_lib.RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    (cascade_lib.RUNS_DIR / cascade_lib.LATEST_FILE).write_text(str(run_dir.resolve()) + "\n")
+    paper_variant = evaluation["variants"]["paper cascade"]
+    print(f"done in {_duration(total)}: cascade Kaggle mean Dice on test {paper_variant['kaggle_mean_dice']:.4f}; "
+          f"report {run_dir / 'report.md'}")
+    print((run_dir / "tables" / "table7.md").read_text())
+    return 0
+
+
+def _choose_cascade(run_dir: Path, config: dict) -> dict:
+    """Per stage, the backbone with the best validation value: lowest BCE (classifiers), highest Dice (UNets)."""
+    from . import training
+
+    def metric(backbone, stage, key):
+        found = json.loads((training.stage_dir(run_dir, backbone, stage) / "metrics.json").read_text())
+        return found["val"][key] if found.get("val") else None
+
+    backbones = config["backbones"]
+    choice: dict = {"image_size": config["image_size"]}
+    for stage in ("binary", "multilabel"):
+        scores = [(metric(b, stage, "binary_crossentropy"), b) for b in backbones]
+        best = min((s for s in scores if s[0] is not None), default=(None, backbones[0]))[1]
+        choice[stage] = str(training.stage_dir(run_dir, best, stage).relative_to(run_dir))
+    segmentation = {}
+    if "joint" in config["stages"]:
+        def joint_score(b):
+            found = json.loads((training.stage_dir(run_dir, b, "joint") / "metrics.json").read_text())
+            values = [v["dice_coef"] for v in (found.get("val") or {}).values() if v and v["dice_coef"] is not None]
+            return sum(values) / len(values) if values else -1.0
+        best = max(backbones, key=joint_score)
+        segmentation["0"] = str(training.stage_dir(run_dir, best, "joint").relative_to(run_dir))
+    else:
+        for stage in config["stages"][2:]:
+            best = max(backbones, key=lambda b, s=stage: metric(b, s, "dice_coef") or -1.0)
+            segmentation[stage.removeprefix("class")] = str(training.stage_dir(run_dir, best, stage).relative_to(run_dir))
+    choice["segmentation"] = segmentation
+    limits = json.loads((run_dir / "thresholds.json").read_text())["limits"]
+    choice["limits"] = limits
+    return choice
+
+
+def _overlays(cascade, table, images_dir: Path, figures: Path, n: int = 4) -> None:
+    import cv2
+
+    from . import cascade as cascade_lib
+
+    figures.mkdir(parents=True, exist_ok=True)
+    rows = table[(table["split"] == "test") & table["has_defect"]].head(n)
+    for _, row in rows.iterrows():
+        result = cascade.predict(images_dir / row["ImageId"])
+        predicted = cascade_lib.overlay(images_dir / row["ImageId"], result.masks)
+        truth = cascade_lib.overlay(images_dir / row["ImageId"], cascade_lib.true_masks(row))
+        for panel, text in ((truth, "ground truth"), (predicted, "cascade prediction")):
+            cv2.putText(panel, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 255), 2, cv2.LINE_AA)
+        picture = cv2.vconcat([truth, predicted])
+        cv2.imwrite(str(figures / f"overlay_{Path(row['ImageId']).stem}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the experiments from the command line.
 
     Args:
-        argv: command-line arguments (default ``sys.argv[1:]``).
+        argv: command-line arguments (default ``sys.argv[1:]``); see ``--help``.
 
     Returns:
-        The process exit code.
+        The process exit code (0 on success).
 
     Example:
-        >>> main(["--data-dir", "data/severstal"])
+        >>> main(["--profile", "smoke"])  # tiny twin, all five backbones, one epoch each
+        0
+
+    Reproduces the paper's Section 4: Tables 2-7 and Figures 3, 4, 9, 11-13.
     """
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    data_dir = args.data_dir
-    if data_dir is None:
-        print(f"no --data-dir: using the synthetic Severstal twin ({args.twin_images} images) in {DEFAULT_TWIN_DIR}")
-        data_dir = synthetic.make_synthetic_severstal(DEFAULT_TWIN_DIR, args.twin_images, seed=0)
+    _quiet(args.verbose)
+    from . import data
+
     try:
-        table = data.load_table(data_dir)
+        return run(args)
     except (FileNotFoundError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    split = data.split_table(table, seed=args.seed)
-    print(describe(table, split))
-    return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+

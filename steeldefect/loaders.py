@@ -99,6 +99,7 @@ def make_dataset(
     cache: bool = False,
     seed: int = 0,
     mask_shape: tuple[int, int] = IMAGE_SHAPE,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` of ``(image, target)`` for one stage of the cascade.
 
@@ -117,6 +118,7 @@ def make_dataset(
         cache: keep decoded, resized images in memory after the first epoch.
         seed: shuffle seed.
         mask_shape: ``(height, width)`` the RLEs refer to (256x1600 for Severstal).
+        drop_remainder: drop a last, smaller batch (training: keeps one batch shape, so one trace).
 
     Returns:
         Batches of uint8 images ``(n, h, w, 3)`` (the models preprocess them) and targets: float32 labels for the
@@ -154,4 +156,4 @@ def make_dataset(
     segmentation = task in ("segmentation", "masks")
     if augment:
         dataset = dataset.map(lambda x, y: _augment(x, y, segmentation=segmentation), num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

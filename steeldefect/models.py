@@ -229,6 +229,18 @@ def build_unet(
     return model
 
 
+def forward_fn(model: keras.Model, training: bool = False):
+    """A ``tf.function`` calling ``model`` on uint8 batches of any size, traced once per model and mode (a
+    plain call retraces for every new batch size, and tracing an EfficientNet costs seconds)."""
+    key = "_steeldefect_forward_train" if training else "_steeldefect_forward"
+    function = getattr(model, key, None)
+    if function is None:
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
+        function = tf.function(lambda images: model(images, training=training), input_signature=[spec])
+        object.__setattr__(model, key, function)  # Keras tracks attributes; this is a cache, not state
+    return function
+
+
 def build_model(spec: dict) -> keras.Model:
     """Rebuild a model from the spec ``save_model`` writes (random weights; ``load_model`` loads them)."""
     if spec["kind"] == "classifier":

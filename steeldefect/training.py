@@ -186,12 +186,12 @@ def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batc
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.0  # each training-mode call then stores exactly this batch's statistics
-    forward = tf.function(lambda images: model(images, training=True))
+    forward = models.forward_fn(model, training=True)
     sums = [[np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)] for layer in layers]
     batches = 0
     try:
         for images, _ in dataset.take(max_batches):
-            forward(images)
+            forward(tf.cast(images, tf.uint8))
             for total, layer in zip(sums, layers, strict=True):
                 total[0] += keras.ops.convert_to_numpy(layer.moving_mean)
                 total[1] += keras.ops.convert_to_numpy(layer.moving_variance)
@@ -238,6 +238,8 @@ def _datasets(table: pd.DataFrame, images_dir: Path, stage: str, config: TrainCo
         rows, images_dir, task, class_id=class_id, image_size=config.image_size,
         batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, augment=train and config.augment,
         cache=config.cache if cache is None else cache, seed=config.seed,
+        # A partial last batch would make Keras trace the train step again (~20 s for an EfficientNet on CPU).
+        drop_remainder=train and len(loaders.select_rows(rows, task, class_id)) >= config.batch_size,
     )
 
 
@@ -334,9 +336,9 @@ def _classification_arrays(model, rows, images_dir, stage, config) -> tuple[np.n
     task, _ = stage_task(stage)
     dataset = loaders.make_dataset(rows, images_dir, task, image_size=config.image_size,
                                    batch_size=config.eval_batch_size)
-    y_true = np.concatenate([y.numpy() for _, y in dataset])
-    y_prob = model.predict(dataset, verbose=0)
-    return y_true, y_prob
+    forward = models.forward_fn(model)
+    pairs = [(y.numpy(), forward(x).numpy()) for x, y in dataset]
+    return np.concatenate([t for t, _ in pairs]), np.concatenate([p for _, p in pairs])
 
 
 def _segmentation_scores(model, rows, images_dir, class_id, config) -> dict[int, dict[str, list]]:
@@ -345,8 +347,9 @@ def _segmentation_scores(model, rows, images_dir, class_id, config) -> dict[int,
                                    image_size=config.image_size, batch_size=config.eval_batch_size)
     channels = [class_id] if class_id is not None else list(CLASS_IDS)
     scores = {c: {"soft": [], "hard": [], "present": []} for c in channels}
+    forward = models.forward_fn(model)
     for images, masks in dataset:
-        probs = model(images, training=False).numpy()
+        probs = forward(images).numpy()
         truth = masks.numpy().astype(np.float32)
         soft = metrics.dice_per_image(truth, probs)
         hard = metrics.dice_per_image(truth, (probs >= metrics.THRESHOLD).astype(np.float32))

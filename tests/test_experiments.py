@@ -1,35 +1,114 @@
+"""The main job end to end: the smoke profile on a tiny twin, interrupted and resumed, then its report."""
+
+import json
+import os
 import subprocess
 import sys
 
-from steeldefect import experiments
+import numpy as np
+import pandas as pd
+import pytest
+
+from steeldefect import experiments, report
+from steeldefect.config import TABLE_ROWS
 
 from .test_data import HEADER_2020, make_layout
 
-
-def test_main_prints_statistics_beside_the_paper(tmp_path, capsys):
-    root = make_layout(tmp_path / "d", HEADER_2020 + "a.jpg,1,1 10\nb.jpg,3,5 5\n", [f"{c}.jpg" for c in "abcdefghij"])
-    assert experiments.main(["--data-dir", str(root)]) == 0
-    out = capsys.readouterr().out
-    assert "images: 10 (paper: 12568)" in out
-    assert "1: 1 (paper 897)" in out and "3: 1 (paper 5150)" in out
-    assert "split: train: 7 (paper 9048), val: 2 (paper 2263), test: 1 (paper 1257)" in out
+BACKBONES = ["efficientnetb0", "efficientnetb2"]  # two of five keep the suite in budget; the profile trains all
 
 
-def test_main_reports_bad_data_dir(tmp_path, capsys):
-    assert experiments.main(["--data-dir", str(tmp_path / "missing")]) == 2
+def test_help_and_bad_data_dir(tmp_path, capsys):
+    result = subprocess.run([sys.executable, "-m", "steeldefect.experiments", "--help"], capture_output=True,
+                            text=True, check=True)
+    for option in ("--data-dir", "--profile", "--backbones", "--run-dir", "--epochs", "--image-size", "--fresh",
+                   "--report-only", "--encoder-weights", "--strategy", "--mixed-precision", "--verbose"):
+        assert option in result.stdout
+    assert experiments.main(["--data-dir", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")]) == 2
     assert "expected the Kaggle layout" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="the paper profile runs on the Kaggle data: pass --data-dir"):
+        experiments.main(["--profile", "paper", "--run-dir", str(tmp_path / "run")])
 
 
-def test_default_is_the_synthetic_twin(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert experiments.main(["--twin-images", "20"]) == 0
-    out = capsys.readouterr().out
-    assert "using the synthetic Severstal twin (20 images)" in out and "images: 20 (paper: 12568)" in out
-    assert (tmp_path / "data" / "synthetic" / "train.csv").is_file()
+def test_bad_csv_is_reported(tmp_path, capsys):
+    root = make_layout(tmp_path / "d", HEADER_2020 + "a.jpg,9,1 1\n", ["a.jpg"])
+    assert experiments.main(["--data-dir", str(root), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "line 2: ClassId '9' is not one of 1, 2, 3, 4" in capsys.readouterr().err
 
 
-def test_module_entry_point_runs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "steeldefect.experiments", "--help"], capture_output=True, text=True, check=True
-    )
-    assert "--data-dir" in result.stdout
+def _run(cwd, *extra, env=None):
+    command = [sys.executable, "-m", "steeldefect.experiments", "--profile", "smoke", "--backbones", *BACKBONES, *extra]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end_with_resume(tmp_path):
+    first = _run(tmp_path, env={experiments.STOP_AFTER_ENV: "1"})
+    assert first.returncode == 130, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "smoke"
+    finished = run_dir / "efficientnetb0" / "binary" / "metrics.json"
+    stamp = finished.stat().st_mtime_ns
+    assert "[1/6] efficientnetb0 · binary" in first.stdout and "stopping after 1 stage(s)" in first.stdout
+    assert "I0000" not in first.stderr and "absl" not in first.stderr  # a clean console
+
+    second = _run(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    first_line = next(line for line in second.stdout.splitlines() if line.startswith("[1/6]"))
+    assert first_line.startswith("[1/6] efficientnetb0 · binary") and "done, skipped" in first_line
+    assert "done, skipped" not in next(line for line in second.stdout.splitlines() if line.startswith("[2/6]"))
+    assert finished.stat().st_mtime_ns == stamp  # not retrained
+    assert (tmp_path / "data" / "synthetic-48" / "train.csv").is_file()
+
+    tables = run_dir / "tables"
+    values = {}
+    for number, backbone in ((2, "efficientnetb0"), (4, "efficientnetb2")):
+        for suffix in (".md", ".csv", ".tex"):
+            assert (tables / f"table{number}{suffix}").is_file()
+        frame = pd.read_csv(tables / f"table{number}.csv", index_col=[0, 1])
+        assert list(frame.columns) == ["Train", "Validation", "Test"]
+        assert [report.row_label(*row) for row in TABLE_ROWS] == list(frame.index)
+        values[backbone] = frame
+        for (section, metric), row in frame.iterrows():
+            for value in row.dropna():
+                assert np.isfinite(value)
+                if "crossentropy" not in metric:
+                    assert 0 <= value <= 1, (section, metric, value)
+        assert frame.loc[("Binary classification", "acc")].notna().all()
+    table7 = pd.read_csv(tables / "table7.csv", index_col=[0, 1])
+    for key in table7.index:
+        for column in ("Train", "Validation", "Test"):
+            candidates = {b: values[b].loc[key, column] for b in values if not pd.isna(values[b].loc[key, column])}
+            if not candidates:
+                continue
+            lower = "crossentropy" in key[1] or "dice_loss" in key[1]
+            best = min(candidates.values()) if lower else max(candidates.values())
+            assert table7.loc[key, column] == pytest.approx(best)
+            assert table7.loc[key, f"{column} backbone"] in {b.replace("efficientnet", "").upper()
+                                                             for b, v in candidates.items() if v == pytest.approx(best)}
+    comparison = (tables / "paper_comparison.md").read_text()
+    assert "synthetic twin: this comparison is about the pipeline, not the numbers" in comparison
+    assert "Kaggle mean Dice" in (tables / "cascade.md").read_text()
+    figures = run_dir / "figures"
+    names = {p.name for p in figures.glob("*.png")}
+    assert {"fig3_rows_per_class.png", "fig4_classes_per_image.png", "fig9_areas.png",
+            "fig11_efficientnetb0.png", "fig12_efficientnetb2.png", "fig13_efficientnetb0.png"} <= names
+    assert any(n.startswith("overlay_") for n in names)
+    for path in figures.glob("*.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["wall_time_s"]["total_s"] > 0 and "paper cascade" in results["cascade"]["variants"]
+    cascade = json.loads((run_dir / "cascade.json").read_text())
+    assert set(cascade) >= {"binary", "multilabel", "segmentation", "limits", "searched", "image_size"}
+    assert (tmp_path / "runs" / "latest.txt").read_text().strip() == str(run_dir.resolve())
+    assert "report.md" in second.stdout
+
+    before = {p.name: p.read_text() for p in tables.glob("*.md")}
+    rebuilt = _run(tmp_path, "--report-only")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert {p.name: p.read_text() for p in tables.glob("*.md")} == before
+
+    script = ("import steeldefect.cascade as c, pathlib; "
+              "img = sorted(pathlib.Path('data/synthetic-48/test_images').iterdir())[0]; "
+              "r = c.predict(img); print(r.masks.shape, sorted(r.decisions))")
+    predicted = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "(256, 1600, 4) [1, 2, 3, 4]" in predicted.stdout

@@ -1,0 +1,256 @@
+"""Tables 2-7 and the figures of the paper, built only from the files of a run directory.
+
+Tables 2-6: one per backbone, the paper's layout (binary and multi-label classification: binary_crossentropy,
+acc, f1_score, precision, recall; image segmentation: Defect-1..4 × dice_loss, dice_coef; columns Train /
+Validation / Test). Table 7: for each metric and split the best value over the backbones (lowest for BCE and
+dice loss) and which backbone. Also the comparison with the paper's numbers, the cascade ablation, Figures 3, 4,
+9 and 11-13, a few overlays, ``results.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import paper  # noqa: E402
+from .config import CLASS_IDS, LOWER_IS_BETTER, SPLITS, TABLE_ROWS  # noqa: E402
+
+SECTION = {"binary": "Binary classification", "multilabel": "Multi-label classification"}
+COLUMNS = {"train": "Train", "val": "Validation", "test": "Test"}
+TABLE_NUMBERS = {"efficientnetb0": 2, "efficientnetb1": 3, "efficientnetb2": 4, "efficientnetb3": 5, "efficientnetb4": 6}
+CAPTION = ("Multi-label precision, recall and F1 are micro-averaged over (image, class) pairs and acc is the share "
+           "of correct pairs; dice_coef is the mean per-image soft Dice over the images that contain the class and "
+           "dice_loss = 1 - dice_coef. Exact dataset-level values (the paper most likely averaged per-batch values).")
+
+
+def row_label(task: str, metric: str) -> tuple[str, str]:
+    if task in SECTION:
+        return SECTION[task], metric
+    return "Image segmentation", f"Defect-{task.removeprefix('class')} {metric}"
+
+
+def _stage_metrics(run_dir: Path, backbone: str, task: str) -> dict | None:
+    base = run_dir / backbone
+    path = base / task / "metrics.json" if task in SECTION else base / "segmentation" / task / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    joint = base / "segmentation" / "joint" / "metrics.json"
+    if task not in SECTION and joint.is_file():
+        result = json.loads(joint.read_text())
+        return {split: (result[split] or {}).get(task) for split in SPLITS}
+    return None
+
+
+def collect(run_dir: str | Path, backbones) -> dict[str, dict[tuple[str, str], list[float | None]]]:
+    """``{backbone: {(task, metric): [train, val, test]}}`` from the run's ``metrics.json`` files."""
+    run_dir = Path(run_dir)
+    values = {}
+    for backbone in backbones:
+        table = {}
+        for task, metric in TABLE_ROWS:
+            found = _stage_metrics(run_dir, backbone, task)
+            table[(task, metric)] = [
+                None if not found or not found.get(split) or found[split].get(metric) is None else float(found[split][metric])
+                for split in SPLITS
+            ]
+        values[backbone] = table
+    return values
+
+
+def backbone_table(values: dict[tuple[str, str], list]) -> pd.DataFrame:
+    """One backbone's table in the paper's layout."""
+    index = pd.MultiIndex.from_tuples([row_label(*row) for row in TABLE_ROWS], names=["", "Metric"])
+    return pd.DataFrame([values[row] for row in TABLE_ROWS], index=index, columns=list(COLUMNS.values()))
+
+
+def best_table(all_values: dict[str, dict]) -> pd.DataFrame:
+    """Table 7: per metric and split, the best value over the backbones and which backbone."""
+    rows = []
+    for task, metric in TABLE_ROWS:
+        row = {}
+        for k, split in enumerate(SPLITS):
+            candidates = [(v[(task, metric)][k], b) for b, v in all_values.items() if v[(task, metric)][k] is not None]
+            if not candidates:
+                row[COLUMNS[split]], row[f"{COLUMNS[split]} backbone"] = None, None
+                continue
+            pick = min if metric in LOWER_IS_BETTER else max
+            value, backbone = pick(candidates, key=lambda c: c[0])
+            row[COLUMNS[split]], row[f"{COLUMNS[split]} backbone"] = value, backbone.replace("efficientnet", "").upper()
+        rows.append(row)
+    index = pd.MultiIndex.from_tuples([row_label(*r) for r in TABLE_ROWS], names=["", "Metric"])
+    return pd.DataFrame(rows, index=index)
+
+
+def _write_table(frame: pd.DataFrame, path: Path, title: str) -> None:
+    def cell(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "—"
+        return f"{value:.6f}" if isinstance(value, float) else value
+
+    shown = frame.map(cell)
+    flat = shown.reset_index()
+    flat.loc[flat[""].duplicated(), ""] = ""  # the section name once, as in the paper
+    path.with_suffix(".md").write_text(f"**{title}**\n\n{flat.to_markdown(index=False)}\n\n_{CAPTION}_\n")
+    frame.to_csv(path.with_suffix(".csv"))
+    path.with_suffix(".tex").write_text(shown.to_latex(caption=title, escape=True))
+
+
+def comparison_table(all_values: dict[str, dict]) -> pd.DataFrame:
+    rows = []
+    for backbone, values in all_values.items():
+        for task, metric in TABLE_ROWS:
+            for k, split in enumerate(SPLITS):
+                ours, theirs = values[(task, metric)][k], paper.TABLES[backbone][(task, metric)][k]
+                rows.append({"backbone": backbone, "section": row_label(task, metric)[0],
+                             "metric": row_label(task, metric)[1], "split": COLUMNS[split], "ours": ours,
+                             "paper": theirs, "difference": None if ours is None else ours - theirs})
+    return pd.DataFrame(rows)
+
+
+def _plot_bars(counts: dict, title: str, xlabel: str, path: Path, paper_counts: dict | None = None) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    keys = list(counts)
+    ax.bar([str(k) for k in keys], [counts[k] for k in keys], color="#4477aa", label="this dataset")
+    for i, k in enumerate(keys):
+        ax.annotate(str(counts[k]), (i, counts[k]), ha="center", va="bottom", fontsize=8)
+    ax.set(title=title, xlabel=xlabel, ylabel="images")
+    if paper_counts:
+        ax.set_title(f"{title}\n(paper: {', '.join(f'{k}: {v:,}' for k, v in paper_counts.items())})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def data_figures(stats: dict, limits: dict, figures: Path) -> list[Path]:
+    """Figures 3, 4 and 9 from the dataset statistics saved by the run."""
+    fig3, fig4, fig9 = figures / "fig3_rows_per_class.png", figures / "fig4_classes_per_image.png", figures / "fig9_areas.png"
+    _plot_bars({f"class {c}": stats["rows_per_class"][str(c)] for c in CLASS_IDS}, "Figure 3: defect rows per class",
+               "defect class", fig3, paper.ROWS_PER_CLASS)
+    _plot_bars({k: stats["images_by_n_classes"][str(k)] for k in range(4)}, "Figure 4: images by number of classes",
+               "classes in the image", fig4, paper.IMAGES_BY_N_CLASSES)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, c in zip(axes, CLASS_IDS, strict=True):
+        areas = np.asarray(stats["areas"][str(c)])
+        if areas.size:
+            ax.hist(areas, bins=30, color="#4477aa")
+        low, high = limits[str(c)]
+        for x in (low, high):
+            ax.axvline(x, color="#cc3311", linestyle="--")
+        ax.set(title=f"Defect_{c}: limits {low:,}–{high:,} px", xlabel="mask area (pixels at 256×1600)",
+               ylabel="images")
+    fig.suptitle("Figure 9: mask areas per class with the 2nd/98th-percentile limits (training split)")
+    fig.tight_layout()
+    fig.savefig(fig9, dpi=110)
+    plt.close(fig)
+    return [fig3, fig4, fig9]
+
+
+def curve_figures(run_dir: Path, backbones, figures: Path) -> list[Path]:
+    """Figures 11-13: training curves (train and validation) of every backbone, from ``history.csv``."""
+    written = []
+    specs = {11: ("binary", ["loss", "acc", "f1_score", "precision", "recall"]),
+             12: ("multilabel", ["loss", "acc", "f1_score", "precision", "recall"]),
+             13: ("segmentation", ["loss", "dice_coef"])}
+    for number, (task, names) in specs.items():
+        for backbone in backbones:
+            histories = []
+            if task == "segmentation":
+                for folder in sorted((run_dir / backbone / "segmentation").glob("*/history.csv")):
+                    histories.append((folder.parent.name, pd.read_csv(folder)))
+            elif (run_dir / backbone / task / "history.csv").is_file():
+                histories.append((task, pd.read_csv(run_dir / backbone / task / "history.csv")))
+            if not histories:
+                continue
+            fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
+            for ax, name in zip(np.atleast_1d(axes), names, strict=True):
+                for label, history in histories:
+                    for prefix, style in (("", "-o"), ("val_", "--o")):
+                        if prefix + name in history:
+                            ax.plot(history["epoch"], history[prefix + name], style, markersize=3,
+                                    label=f"{label} {'validation' if prefix else 'train'}")
+                shown = name
+                if name == "loss":
+                    shown = "segmentation loss" if task == "segmentation" else "binary_crossentropy"
+                ax.set(title=shown, xlabel="epoch", ylabel=shown)
+                ax.legend(fontsize=6)
+            title = {11: "binary classification", 12: "multi-label classification", 13: "image segmentation"}[number]
+            fig.suptitle(f"Figure {number}: {title}, {backbone}")
+            fig.tight_layout()
+            path = figures / f"fig{number}_{backbone}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def cascade_table(cascade_results: dict) -> pd.DataFrame:
+    rows = []
+    for name, values in cascade_results["variants"].items():
+        rows.append({"variant": name, "Kaggle mean Dice": values["kaggle_mean_dice"],
+                     **{f"Dice {k}": v for k, v in values["per_class_dice"].items()}})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def build_report(run_dir: str | Path) -> dict:
+    """Write every table, figure, ``results.json`` and ``report.md`` of a run from its files; returns results."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    backbones = config["backbones"]
+    tables, figures = run_dir / "tables", run_dir / "figures"
+    tables.mkdir(exist_ok=True)
+    figures.mkdir(exist_ok=True)
+    all_values = collect(run_dir, backbones)
+    for backbone in backbones:
+        number = TABLE_NUMBERS[backbone]
+        _write_table(backbone_table(all_values[backbone]), tables / f"table{number}",
+                     f"Table {number}. Evaluation results for the EfficientNet-{backbone[-2:].upper()} model")
+    _write_table(best_table(all_values), tables / "table7", "Table 7. Evaluation results with the best measurement values")
+    synthetic = config.get("synthetic", False)
+    heading = ("The data is the synthetic twin: this comparison is about the pipeline, not the numbers.\n\n"
+               if synthetic else "The data is the Kaggle Severstal data.\n\n")
+    comparison = comparison_table(all_values)
+    (tables / "paper_comparison.md").write_text(
+        "# Our values beside the paper's\n\n" + heading + comparison.to_markdown(index=False, floatfmt=".6f") + "\n")
+    comparison.to_csv(tables / "paper_comparison.csv", index=False)
+    cascade_results = json.loads((run_dir / "cascade_eval.json").read_text()) if (run_dir / "cascade_eval.json").is_file() else None
+    if cascade_results:
+        frame = cascade_table(cascade_results)
+        (tables / "cascade.md").write_text(
+            f"**Cascade ablation on the {cascade_results['split']} split ({cascade_results['n_images']} images, at "
+            f"{cascade_results['image_size'][0]}x{cascade_results['image_size'][1]})**\n\n"
+            + frame.to_markdown(floatfmt=".4f") + "\n")
+        frame.to_csv(tables / "cascade.csv")
+    stats = json.loads((run_dir / "dataset_stats.json").read_text())
+    limits = json.loads((run_dir / "thresholds.json").read_text())["limits"]
+    figure_paths = data_figures(stats, limits, figures) + curve_figures(run_dir, backbones, figures)
+    figure_paths += sorted(figures.glob("overlay_*.png"))
+    results = {
+        "config": config,
+        "tables": {b: {f"{t}/{m}": v for (t, m), v in all_values[b].items()} for b in backbones},
+        "cascade": cascade_results,
+        "wall_time_s": json.loads((run_dir / "timing.json").read_text()) if (run_dir / "timing.json").is_file() else None,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# Run report: {run_dir.name}", "", f"Profile `{config['profile']}`, data `{config['data_dir']}`"
+             f"{' (synthetic twin)' if synthetic else ''}, image size {config['image_size']}, backbones "
+             f"{', '.join(backbones)}.", ""]
+    if results["wall_time_s"]:
+        lines += [f"Wall time: {results['wall_time_s']['total_s'] / 60:.1f} min.", ""]
+    for backbone in backbones:
+        number = TABLE_NUMBERS[backbone]
+        lines += [(tables / f"table{number}.md").read_text(), ""]
+    lines += [(tables / "table7.md").read_text(), ""]
+    if cascade_results:
+        lines += [(tables / "cascade.md").read_text(), ""]
+    lines += ["[Comparison with the paper](tables/paper_comparison.md)", "", "## Figures", ""]
+    lines += [f"![{p.stem}](figures/{p.name})" for p in figure_paths]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return results
