@@ -90,6 +90,7 @@ class Profile:
     encoder_weights: str | None
     learning_rate: float = 1e-3
     segmentation_loss: str = "dice"
+    head: str = "paper"  # classifier head (TrainConfig.head)
     backbones: tuple[str, ...] = BACKBONES
 
     def stages(self) -> tuple[str, ...]:
@@ -101,12 +102,14 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", "CI scale: a tiny twin, one epoch, all five backbones (checks the pipeline, not the numbers)",
         twin_images=48, image_size=(64, 320), classifier_epochs=1, segmentation_epochs=1, batch_size=8,
-        segmentation="joint", encoder_weights=None,
+        segmentation="joint", encoder_weights=None, head="simple",
     ),
     "quick": Profile(
         "quick", "the default on the synthetic twin: small images, one joint UNet per backbone, random init",
-        twin_images=1200, image_size=(64, 320), classifier_epochs=6, segmentation_epochs=6, batch_size=8,
-        segmentation="joint", encoder_weights=None, segmentation_loss="bce_dice",
+        # From random init the paper's 1024-512-64 head did not learn the twin in 4 epochs (train acc 0.57);
+        # the simple head reached validation accuracy 0.875 in 3 (measured, see README).
+        twin_images=1200, image_size=(64, 320), classifier_epochs=6, segmentation_epochs=6, batch_size=16,
+        segmentation="joint", encoder_weights=None, segmentation_loss="bce_dice", head="simple",
     ),
     "paper": Profile(
         "paper", "the paper's protocol on the Kaggle data: ImageNet weights, four per-class UNets, for a GPU",

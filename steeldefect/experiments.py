@@ -97,6 +97,7 @@ def _settings(args, profile) -> dict:
         "batch_size": args.batch_size or profile.batch_size,
         "learning_rate": profile.learning_rate,
         "segmentation_loss": profile.segmentation_loss,
+        "head": profile.head,
         "encoder_weights": None if encoder_weights is None else str(encoder_weights),
         "seed": args.seed,
         "strategy": args.strategy,
@@ -112,7 +113,7 @@ def _train_config(settings: dict, stage: str):
     return TrainConfig(
         image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
-        bn_momentum=None if pretrained else 0.9, segmentation_loss=settings["segmentation_loss"],
+        bn_momentum=None if pretrained else 0.9, segmentation_loss=settings["segmentation_loss"], head=settings["head"],
         seed=settings["seed"], strategy=settings["strategy"], mixed_precision=settings["mixed_precision"],
     )
 

@@ -33,7 +33,7 @@ from .config import CLASS_IDS, IMAGE_SHAPE
 
 log = logging.getLogger(__name__)
 
-TWIN_VERSION = 1  # bump when the generator's output changes, so that stale folders are regenerated
+TWIN_VERSION = 2  # bump when the generator's output changes, so that stale folders are regenerated
 MARKER = "twin.json"
 
 # Images per class combination: consistent with every count the paper gives (5,902 defect-free; 6,239 / 425 / 2
@@ -105,7 +105,7 @@ def _rotated_box(center, length, width, angle_deg) -> np.ndarray:
 def _mask_class1(rng, area, steel) -> np.ndarray:
     """Pits: a cluster of small round spots whose areas add up to about ``area``."""
     mask = np.zeros(IMAGE_SHAPE, np.uint8)
-    n_spots = int(np.clip(area / rng.uniform(60, 250), 2, 60))
+    n_spots = int(np.clip(area / rng.uniform(120, 400), 2, 60))  # spots stay visible at 1/4-1/5 scale
     radius = math.sqrt(area / n_spots / math.pi)
     cx, cy = _point_in(rng, steel, margin=40)
     spread = 3.0 * radius * math.sqrt(n_spots)
@@ -124,7 +124,7 @@ def _mask_class2(rng, area, steel) -> np.ndarray:
     n_lines = int(np.clip(math.ceil(area / rng.uniform(2500, 4500)), 1, 3))
     per_line = area / n_lines
     for _ in range(n_lines):
-        width = float(np.clip(per_line / rng.uniform(120, 256), 3, 20))
+        width = float(np.clip(per_line / rng.uniform(120, 256), 5, 20))
         length = float(np.clip(per_line / width, 30, 300))
         cx, _ = _point_in(rng, steel, margin=20)
         cy = rng.uniform(length / 3, IMAGE_SHAPE[0] - length / 3)
@@ -171,7 +171,7 @@ def _mask_near_area(rng: np.random.Generator, class_id: int, target: float, stee
     """A mask of the class whose area is near ``target``: shapes lose area to overlaps, the image border and
     the off-strip band, so a mask that falls short is redrawn larger (a few times at most)."""
     scale, best, best_error = 1.0, None, math.inf
-    for _ in range(6):
+    for _ in range(8):
         mask = _MASKERS[class_id](rng, target * scale, steel)
         mask[:, : steel[0]] = 0
         mask[:, steel[1] :] = 0
@@ -179,7 +179,7 @@ def _mask_near_area(rng: np.random.Generator, class_id: int, target: float, stee
         error = abs(math.log(area / target))
         if error < best_error:
             best, best_error = mask, error
-        if error < 0.1:
+        if error < 0.05:
             break
         scale *= float(np.clip(target / area, 0.25, 4.0))
     return best
@@ -198,7 +198,8 @@ def _plan(rng: np.random.Generator, image_id: str, combo: tuple[int, ...]) -> Im
             "contrast": float(rng.uniform(0.55, 1.0)),
             "polarity": 1.0 if (class_id == 1 and rng.random() < 0.4) else -1.0,
             "angle": float(rng.uniform(0, math.pi)),
-            "period": float(rng.uniform(3, 9)),
+            "period": float(rng.uniform(6, 16)),
+            "offset": float(rng.choice([-1.0, 1.0]) * rng.uniform(25, 45)),
         }
     return ImagePlan(image_id, int(rng.integers(2**31)), steel, masks, looks)
 
@@ -238,7 +239,8 @@ def _render(plan: ImagePlan) -> np.ndarray:
         elif class_id == 3:
             theta = look["angle"]
             streaks = np.sin((cols * np.cos(theta) + rows * np.sin(theta)) * 2 * np.pi / look["period"])
-            delta = strength * soft * (rng.uniform(22, 40) * streaks + rng.uniform(-30, 30))
+            # the streaks vanish when the image is shrunk for training; the offset keeps the scuff visible
+            delta = strength * soft * (rng.uniform(22, 40) * streaks + look["offset"])
         else:
             delta = -strength * rng.uniform(0.35, 0.6) * soft * image
         image = image + delta
