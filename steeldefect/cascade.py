@@ -190,9 +190,10 @@ class Cascade:
 
     # ----- prediction
 
-    def _thresholds(self, class_id: int) -> tuple[float, float, tuple[float, float]]:
-        """(label threshold, pixel threshold, (min, max) area at 256x1600) for a class."""
-        if self.use_searched and self.searched:
+    def _thresholds(self, class_id: int, searched: bool | None = None) -> tuple[float, float, tuple[float, float]]:
+        """(label threshold, pixel threshold, (min, max) area at 256x1600) for a class; ``searched`` picks the
+        thresholds searched on validation (default: ``use_searched``)."""
+        if (self.use_searched if searched is None else searched) and self.searched:
             found = self.searched[class_id]
             return found["label_threshold"], found["pixel_threshold"], (found["min_area"], float("inf"))
         return self.label_thresholds[class_id], self.pixel_threshold, self.limits[class_id]
@@ -414,7 +415,6 @@ def evaluate_cascade(cascade: Cascade, table: pd.DataFrame, images_dir: str | Pa
     dice = {name: [] for name in variants}
     confusion = {name: np.zeros((len(CLASS_IDS), 4), np.int64) for name in variants}  # tp, fp, fn, tn
     size = cascade.image_size
-    limits = thresholds.scale_limits(cascade.limits, size)
     factor = size[0] * size[1] / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
     dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=size, batch_size=batch_size)
     # gating="none" runs every model on every image; the gated variants are derived from the same outputs.
@@ -424,12 +424,8 @@ def evaluate_cascade(cascade: Cascade, table: pd.DataFrame, images_dir: str | Pa
         for name, (gating, area_filter, searched) in variants.items():
             pred = np.zeros_like(truth)
             for k, class_id in enumerate(CLASS_IDS):
-                if searched:
-                    found = cascade.searched[class_id]
-                    label, pixel, (low, high) = (found["label_threshold"], found["pixel_threshold"],
-                                                 (found["min_area"] * factor, np.inf))
-                else:
-                    label, pixel, (low, high) = cascade.label_thresholds[class_id], cascade.pixel_threshold, limits[class_id]
+                label, pixel, (low, high) = cascade._thresholds(class_id, searched)
+                low, high = low * factor, high * factor
                 mask = mask_probs[..., k] >= pixel
                 keep = np.ones(len(small), bool)
                 if gating == "paper":
