@@ -16,7 +16,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from steeldefect import data, metrics  # noqa: E402
 from steeldefect.cascade import Cascade, true_masks  # noqa: E402
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     args = parser.parse_args()
     config = json.loads((args.run / "config.json").read_text())
-    table = data.load_table(config["data_dir"]).merge(pd.read_csv(args.run / "splits.csv"), on="ImageId")
+    table = data.with_split(data.load_table(config["data_dir"]), args.run / "splits.csv")
     rows = table[table["split"] == "test"].head(args.images)
     images_dir = Path(config["data_dir"]) / "train_images"
     paths = [images_dir / image_id for image_id in rows["ImageId"]]

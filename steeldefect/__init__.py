@@ -6,3 +6,28 @@ imports nothing heavy; import the module you need.
 """
 
 __version__ = "0.1.0"
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up logs hidden (for the command lines and notebooks; call it first).
+
+    ``TF_CPP_MIN_LOG_LEVEL`` hides most of them, but absl prints a line on the process's stderr before reading it,
+    so stderr is closed while TensorFlow loads and finds its devices.
+    """
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.constant(0)  # device discovery happens on the first op
+        tf.get_logger().setLevel(logging.ERROR)
+        tf.autograph.set_verbosity(0)
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)

@@ -164,13 +164,11 @@ class Cascade:
         parts = {"binary": self.binary, "multilabel": self.multilabel,
                  **{f"segmentation/{'joint' if k == 0 else f'class{k}'}": m for k, m in self.segmentation.items()}}
         for name, model in parts.items():
-            kind = "unet" if name.startswith("segmentation") else "classifier"
-            backbone = model.name.split("_")[0]
-            head = None
-            if kind == "classifier":
-                head = "paper" if any(layer.name.startswith("dense") and layer.units == 1024
-                                      for layer in model.layers if hasattr(layer, "units")) else "simple"
-            models.save_model(model, path / name, models.model_spec(model, kind, backbone, head))
+            spec = models.spec_of(model)
+            if spec is None:
+                raise CascadeError(f"the {name} model has no spec (it was not built by models.load_model or saved "
+                                   "by models.save_model): save it with models.save_model(model, dir, spec) first")
+            models.save_model(model, path / name, spec)
         spec = self.to_spec()
         spec.update({"binary": "binary", "multilabel": "multilabel",
                      "segmentation": {str(k): f"segmentation/{'joint' if k == 0 else f'class{k}'}"
@@ -200,9 +198,7 @@ class Cascade:
 
     def _run(self, model, images: np.ndarray, stage: str) -> np.ndarray:
         self.calls[stage] += len(images)
-        forward = models.forward_fn(model)
-        outputs = [forward(images[i : i + self.batch_size]).numpy() for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(outputs) if outputs else np.zeros((0,))
+        return models.predict(model, images, self.batch_size)
 
     def probabilities(self, small: np.ndarray, gating: str | None = None):
         """Stage outputs for model-size images: defect probs (n,), class probs (n, 4) (NaN where stage 2 did not

@@ -304,6 +304,27 @@ def split_table(
     return table.assign(split=split)
 
 
+def examples(table: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """Up to ``n`` defective images that show every class early: the first image of each class, then the rest."""
+    defective = table[table["has_defect"]]
+    firsts = [defective.index[defective[col] != ""][0] for col in DEFECT_COLUMNS if (defective[col] != "").any()]
+    order = list(dict.fromkeys(firsts + list(defective.index)))
+    return defective.loc[order[:n]]
+
+
+def with_split(table: pd.DataFrame, splits_path: str | Path) -> pd.DataFrame:
+    """``table`` with the ``split`` column of a run's ``splits.csv`` (``ImageId,split``); every image must be in it."""
+    splits_path = Path(splits_path)
+    splits = pd.read_csv(splits_path)
+    if list(splits.columns) != ["ImageId", "split"]:
+        raise DataError(f"{splits_path}: expected the columns ImageId,split, got {','.join(splits.columns)}")
+    merged = table.merge(splits, on="ImageId", how="left", validate="one_to_one")
+    missing = merged.loc[merged["split"].isna(), "ImageId"]
+    if len(missing):
+        raise DataError(f"{splits_path}: {len(missing)} image(s) of the table have no split, e.g. {missing.iloc[0]}")
+    return merged
+
+
 def dataset_stats(table: pd.DataFrame, shape: tuple[int, int] = IMAGE_SHAPE) -> DatasetStats:
     """Rows per class (Figure 3), images by number of classes (Figure 4) and mask areas per class (Figure 9)."""
     labels = class_labels(table)

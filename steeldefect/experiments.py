@@ -19,6 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
+from . import quiet_tensorflow
 from .config import PROFILES, SPLIT_SEED
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
                         choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")
     parser.add_argument("--twin-images", type=int, help="size of the synthetic twin (default: the profile's)")
+    parser.add_argument("--twin-root", type=Path, default=DATA_DIR,
+                        help="folder the synthetic twin is written under, as synthetic-N/ (default: data/)")
     parser.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures, no training")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's logs and warnings")
@@ -58,23 +61,9 @@ def _quiet(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # TensorFlow's CUDA probing logs through absl before TF_CPP_MIN_LOG_LEVEL is read: hide stderr meanwhile.
-    devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.constant(0)  # device discovery happens on the first op
-        tf.get_logger().setLevel("ERROR")
-        tf.autograph.set_verbosity(0)
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
+    quiet_tensorflow()
 
 
 def _duration(seconds: float) -> str:
@@ -159,7 +148,7 @@ def run(args) -> int:
         raise SystemExit("error: the paper profile runs on the Kaggle data: pass --data-dir (see data/README.md)")
     if is_synthetic:
         n_images = args.twin_images or profile.twin_images
-        data_dir = DATA_DIR / f"synthetic-{n_images}"
+        data_dir = args.twin_root / f"synthetic-{n_images}"
         print(f"data: the synthetic Severstal twin, {n_images} images, in {data_dir} (written once)")
         synthetic.make_synthetic_severstal(data_dir, n_images, seed=0)
     settings = _settings(args, profile)
@@ -169,9 +158,10 @@ def run(args) -> int:
     table = data.load_table(data_dir)
     splits_path = run_dir / "splits.csv"
     if splits_path.is_file():
-        table = table.merge(data.pd.read_csv(splits_path), on="ImageId", how="left", validate="one_to_one")
-        if table["split"].isna().any():
-            raise SystemExit(f"error: {splits_path} does not cover every image of {data_dir}; use --fresh")
+        try:
+            table = data.with_split(table, splits_path)
+        except data.DataError as err:
+            raise SystemExit(f"error: {err} ({data_dir}); use --fresh") from err
     else:
         table = data.split_table(table, seed=config["seed"])
         table[["ImageId", "split"]].to_csv(splits_path, index=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ["SM_FRAMEWORK"] = "tf.keras"  # segmentation_models reads this at import; the one place we set it
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 with contextlib.redirect_stdout(io.StringIO()):  # it announces its framework on stdout
@@ -32,6 +33,7 @@ BACKBONES = {
     "efficientnetb4": efn.EfficientNetB4,
 }
 HEADS = ("paper", "simple")
+SPEC_ATTRIBUTE = "_steeldefect_spec"  # not tracked by Keras (set with object.__setattr__)
 # ImageNet statistics: the EfficientNet encoders use "torch" mode, x / 255 then per-channel standardisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,6 +182,7 @@ def build_classifier(
     outputs = keras.layers.Dense(num_outputs, activation="sigmoid", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=f"{backbone}_classifier{num_outputs}")
     set_bn_momentum(model, bn_momentum)
+    object.__setattr__(model, SPEC_ATTRIBUTE, model_spec(model, "classifier", backbone, head))
     return model
 
 
@@ -226,6 +229,7 @@ def build_unet(
     outputs = keras.layers.Activation("linear", dtype="float32", name="masks")(outputs)  # float32 under mixed precision
     model = keras.Model(inputs, outputs, name=f"{backbone}_unet{num_classes}")
     set_bn_momentum(model, bn_momentum)
+    object.__setattr__(model, SPEC_ATTRIBUTE, model_spec(model, "unet", backbone))
     return model
 
 
@@ -239,6 +243,13 @@ def forward_fn(model: keras.Model, training: bool = False):
         function = tf.function(lambda images: model(images, training=training), input_signature=[spec])
         object.__setattr__(model, key, function)  # Keras tracks attributes; this is a cache, not state
     return function
+
+
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """``model``'s outputs for a uint8 batch ``(N, H, W, 3)`` at the model's size, in batches (inference mode)."""
+    forward = forward_fn(model)
+    outputs = [forward(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 
 def build_model(spec: dict) -> keras.Model:
@@ -269,6 +280,7 @@ def save_model(model: keras.Model, directory: str | Path, spec: dict) -> None:
     tmp_spec = directory / ("tmp-" + SPEC_FILE)
     tmp_spec.write_text(json.dumps(spec, indent=2) + "\n")
     tmp_spec.replace(directory / SPEC_FILE)
+    object.__setattr__(model, SPEC_ATTRIBUTE, spec)
 
 
 def load_model(directory: str | Path) -> keras.Model:
@@ -280,4 +292,10 @@ def load_model(directory: str | Path) -> keras.Model:
     spec = json.loads((directory / SPEC_FILE).read_text())
     model = build_model(spec)
     model.load_weights(directory / WEIGHTS_FILE)
+    object.__setattr__(model, SPEC_ATTRIBUTE, spec)  # what it was rebuilt from, for saving it again as it is
     return model
+
+
+def spec_of(model: keras.Model) -> dict | None:
+    """The spec a model was built (``build_classifier``, ``build_unet``), loaded or saved with; None for others."""
+    return getattr(model, SPEC_ATTRIBUTE, None)

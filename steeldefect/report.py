@@ -13,15 +13,13 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: works headless and inline in notebooks alike
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import paper  # noqa: E402
-from .config import CLASS_IDS, LOWER_IS_BETTER, SPLITS, TABLE_ROWS  # noqa: E402
+from . import paper
+from .config import CLASS_IDS, LOWER_IS_BETTER, SPLITS, TABLE_ROWS
 
 SECTION = {"binary": "Binary classification", "multilabel": "Multi-label classification"}
 COLUMNS = {"train": "Train", "val": "Validation", "test": "Test"}
@@ -115,80 +113,212 @@ def comparison_table(all_values: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _plot_bars(counts: dict, title: str, xlabel: str, path: Path, paper_counts: dict | None = None) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def _get(mapping: dict, key):
+    """A value by class id or count, whether the keys are ints (``DatasetStats``) or strings (JSON)."""
+    return mapping[key] if key in mapping else mapping[str(key)]
+
+
+def fig_bars(counts: dict, title: str, xlabel: str, paper_counts: dict | None = None) -> Figure:
+    """A bar chart of counts, annotated, with the paper's counts in the title when given."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     keys = list(counts)
     ax.bar([str(k) for k in keys], [counts[k] for k in keys], color="#4477aa", label="this dataset")
     for i, k in enumerate(keys):
-        ax.annotate(str(counts[k]), (i, counts[k]), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{counts[k]:,}", (i, counts[k]), ha="center", va="bottom", fontsize=8)
     ax.set(title=title, xlabel=xlabel, ylabel="images")
     if paper_counts:
         ax.set_title(f"{title}\n(paper: {', '.join(f'{k}: {v:,}' for k, v in paper_counts.items())})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def fig_rows_per_class(rows_per_class: dict) -> Figure:
+    """Figure 3: the number of defect rows (images) per class, beside the paper's counts."""
+    return fig_bars({f"class {c}": _get(rows_per_class, c) for c in CLASS_IDS}, "Figure 3: defect rows per class",
+                    "defect class", paper.ROWS_PER_CLASS)
+
+
+def fig_classes_per_image(images_by_n_classes: dict) -> Figure:
+    """Figure 4: images by the number of defect classes they hold, beside the paper's counts."""
+    return fig_bars({k: _get(images_by_n_classes, k) for k in range(len(CLASS_IDS))},
+                    "Figure 4: images by number of classes", "classes in the image", paper.IMAGES_BY_N_CLASSES)
+
+
+def fig_areas(areas: dict, limits: dict) -> Figure:
+    """Figure 9: per-class histograms of mask areas (256x1600 pixels) with the area limits as dashed lines."""
+    fig = Figure(figsize=(14, 3.4))
+    axes = fig.subplots(1, len(CLASS_IDS))
+    for ax, c in zip(axes, CLASS_IDS, strict=True):
+        values = np.asarray(_get(areas, c))
+        if values.size:
+            ax.hist(values, bins=30, color="#4477aa")
+        low, high = _get(limits, c)
+        for x in (low, high):
+            ax.axvline(x, color="#cc3311", linestyle="--")
+        ax.set(title=f"Defect_{c}: limits {low:,.0f}–{high:,.0f} px", xlabel="mask area (pixels at 256×1600)",
+               ylabel="images")
+    fig.suptitle("Figure 9: mask areas per class with the 2nd/98th-percentile limits (training split)")
+    fig.tight_layout()
+    return fig
 
 
 def data_figures(stats: dict, limits: dict, figures: Path) -> list[Path]:
     """Figures 3, 4 and 9 from the dataset statistics saved by the run."""
-    fig3, fig4, fig9 = figures / "fig3_rows_per_class.png", figures / "fig4_classes_per_image.png", figures / "fig9_areas.png"
-    _plot_bars({f"class {c}": stats["rows_per_class"][str(c)] for c in CLASS_IDS}, "Figure 3: defect rows per class",
-               "defect class", fig3, paper.ROWS_PER_CLASS)
-    _plot_bars({k: stats["images_by_n_classes"][str(k)] for k in range(4)}, "Figure 4: images by number of classes",
-               "classes in the image", fig4, paper.IMAGES_BY_N_CLASSES)
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-    for ax, c in zip(axes, CLASS_IDS, strict=True):
-        areas = np.asarray(stats["areas"][str(c)])
-        if areas.size:
-            ax.hist(areas, bins=30, color="#4477aa")
-        low, high = limits[str(c)]
-        for x in (low, high):
-            ax.axvline(x, color="#cc3311", linestyle="--")
-        ax.set(title=f"Defect_{c}: limits {low:,}–{high:,} px", xlabel="mask area (pixels at 256×1600)",
-               ylabel="images")
-    fig.suptitle("Figure 9: mask areas per class with the 2nd/98th-percentile limits (training split)")
+    paths = [figures / "fig3_rows_per_class.png", figures / "fig4_classes_per_image.png", figures / "fig9_areas.png"]
+    drawn = [fig_rows_per_class(stats["rows_per_class"]), fig_classes_per_image(stats["images_by_n_classes"]),
+             fig_areas(stats["areas"], limits)]
+    for fig, path in zip(drawn, paths, strict=True):
+        fig.savefig(path, dpi=110)
+    return paths
+
+
+CURVES = {11: ("binary", ["loss", "acc", "f1_score", "precision", "recall"]),
+          12: ("multilabel", ["loss", "acc", "f1_score", "precision", "recall"]),
+          13: ("segmentation", ["loss", "dice_coef"])}
+TASK_TITLES = {"binary": "binary classification", "multilabel": "multi-label classification",
+               "segmentation": "image segmentation"}
+
+
+def histories(run_dir: str | Path, backbone: str, task: str) -> list[tuple[str, pd.DataFrame]]:
+    """``[(label, history)]`` of a backbone's stage: one for a classifier, one per UNet for segmentation."""
+    base = Path(run_dir) / backbone
+    if task == "segmentation":
+        return [(f.parent.name, pd.read_csv(f)) for f in sorted((base / "segmentation").glob("*/history.csv"))]
+    path = base / task / "history.csv"
+    return [(task, pd.read_csv(path))] if path.is_file() else []
+
+
+def _metric_title(task: str, name: str) -> str:
+    if name == "loss":
+        return "segmentation loss" if task == "segmentation" else "binary_crossentropy"
+    return name
+
+
+def fig_curves(curves: list[tuple[str, pd.DataFrame]], task: str, title: str, names: list[str] | None = None) -> Figure:
+    """Training and validation curves per epoch, one panel per metric (Figures 11-13)."""
+    names = names or next(n for t, n in CURVES.values() if t == task)
+    fig = Figure(figsize=(3.2 * len(names), 3))
+    for ax, name in zip(np.atleast_1d(fig.subplots(1, len(names))), names, strict=True):
+        for label, history in curves:
+            for prefix, style in (("", "-o"), ("val_", "--o")):
+                if prefix + name in history:
+                    ax.plot(history["epoch"], history[prefix + name], style, markersize=3,
+                            label=f"{label} {'validation' if prefix else 'train'}")
+        ax.set(title=_metric_title(task, name), xlabel="epoch", ylabel=_metric_title(task, name))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=6)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(fig9, dpi=110)
-    plt.close(fig)
-    return [fig3, fig4, fig9]
+    return fig
 
 
 def curve_figures(run_dir: Path, backbones, figures: Path) -> list[Path]:
     """Figures 11-13: training curves (train and validation) of every backbone, from ``history.csv``."""
     written = []
-    specs = {11: ("binary", ["loss", "acc", "f1_score", "precision", "recall"]),
-             12: ("multilabel", ["loss", "acc", "f1_score", "precision", "recall"]),
-             13: ("segmentation", ["loss", "dice_coef"])}
-    for number, (task, names) in specs.items():
+    for number, (task, names) in CURVES.items():
         for backbone in backbones:
-            histories = []
-            if task == "segmentation":
-                for folder in sorted((run_dir / backbone / "segmentation").glob("*/history.csv")):
-                    histories.append((folder.parent.name, pd.read_csv(folder)))
-            elif (run_dir / backbone / task / "history.csv").is_file():
-                histories.append((task, pd.read_csv(run_dir / backbone / task / "history.csv")))
-            if not histories:
+            found = histories(run_dir, backbone, task)
+            if not found:
                 continue
-            fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
-            for ax, name in zip(np.atleast_1d(axes), names, strict=True):
-                for label, history in histories:
-                    for prefix, style in (("", "-o"), ("val_", "--o")):
-                        if prefix + name in history:
-                            ax.plot(history["epoch"], history[prefix + name], style, markersize=3,
-                                    label=f"{label} {'validation' if prefix else 'train'}")
-                shown = name
-                if name == "loss":
-                    shown = "segmentation loss" if task == "segmentation" else "binary_crossentropy"
-                ax.set(title=shown, xlabel="epoch", ylabel=shown)
-                ax.legend(fontsize=6)
-            title = {11: "binary classification", 12: "multi-label classification", 13: "image segmentation"}[number]
-            fig.suptitle(f"Figure {number}: {title}, {backbone}")
-            fig.tight_layout()
+            fig = fig_curves(found, task, f"Figure {number}: {TASK_TITLES[task]}, {backbone}", names)
             path = figures / f"fig{number}_{backbone}.png"
             fig.savefig(path, dpi=100)
-            plt.close(fig)
             written.append(path)
     return written
+
+
+def fig_backbones(run_dir: str | Path, backbones, task: str, name: str, split: str = "val") -> Figure:
+    """One metric's curve per backbone in one panel (e.g. validation loss of B0-B4 for a stage)."""
+    prefix = "val_" if split == "val" else ""
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.subplots()
+    for backbone in backbones:
+        for label, history in histories(run_dir, backbone, task):
+            if prefix + name in history:
+                shown = backbone.replace("efficientnet", "").upper()
+                ax.plot(history["epoch"], history[prefix + name], "-o", markersize=3,
+                        label=shown if task != "segmentation" else f"{shown} {label}")
+    what = f"{'validation' if prefix else 'training'} {_metric_title(task, name)}"
+    ax.set(title=f"{TASK_TITLES[task]}: {what} of every backbone", xlabel="epoch", ylabel=what)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def fig_pictures(pictures: list[tuple[str, np.ndarray]], title: str | None = None, columns: int = 1) -> Figure:
+    """RGB pictures (e.g. ``cascade.overlay`` outputs) in a grid, each with its title; axes in pixels."""
+    rows = math.ceil(len(pictures) / columns)
+    height, width = pictures[0][1].shape[:2]
+    fig = Figure(figsize=(7 * columns, max(1.6, 7 * height / width + 1.0) * rows))
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax, (text, picture) in zip(axes, pictures, strict=False):
+        ax.imshow(picture)
+        ax.set_title(text, fontsize=9)
+        ax.set(xlabel="x (pixels)", ylabel="y (pixels)")
+    for ax in axes[len(pictures):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def paper_table(backbone: str) -> pd.DataFrame:
+    """The paper's table for one backbone (Tables 2-6, from ``paper.py``) in the layout of ``backbone_table``."""
+    return backbone_table({row: list(paper.TABLES[backbone][row]) for row in TABLE_ROWS})
+
+
+def stage_tables(stage_metrics) -> pd.DataFrame:
+    """``stage_table`` of several stages (e.g. the four per-class UNets) stacked."""
+    return pd.concat([stage_table(m) for m in stage_metrics])
+
+
+def decisions_table(results: dict) -> pd.DataFrame:
+    """What the cascade decided per image and class: ``{image_id: CascadeResult}`` → one row per (image, class)."""
+    rows = []
+    for image_id, result in results.items():
+        for k, class_id in enumerate(CLASS_IDS):
+            rows.append({"image": image_id, "class": class_id, "defect prob (stage 1)": result.defect_prob,
+                         "class prob (stage 2)": result.class_probs[k], "mask area (px)": result.areas[class_id],
+                         "decision": result.decisions[class_id]})
+    return pd.DataFrame(rows).set_index(["image", "class"])
+
+
+def limits_table(limits: dict) -> pd.DataFrame:
+    """Area limits per class (256x1600 pixels) beside the paper's (Section 3.5)."""
+    return pd.DataFrame(
+        [{"min area": _get(limits, c)[0], "max area": _get(limits, c)[1], "paper min": paper.AREA_THRESHOLDS[c][0],
+          "paper max": paper.AREA_THRESHOLDS[c][1]} for c in CLASS_IDS],
+        index=pd.Index([f"Defect_{c}" for c in CLASS_IDS], name="class"))
+
+
+def split_sizes(table: pd.DataFrame) -> pd.DataFrame:
+    """Images per split (a table with a ``split`` column) beside the paper's 9,048 / 2,263 / 1,257."""
+    counts = table["split"].value_counts()
+    rows = [{"images": int(counts.get(s, 0)), "share": counts.get(s, 0) / len(table), "paper": paper.SPLIT_SIZES[s],
+             "paper share": paper.SPLIT_SIZES[s] / paper.N_IMAGES} for s in SPLITS]
+    return pd.DataFrame(rows, index=pd.Index([COLUMNS[s] for s in SPLITS], name="split"))
+
+
+def stage_table(metrics: dict) -> pd.DataFrame:
+    """A stage's ``metrics.json`` as a table: metrics (and classes, for segmentation) by Train / Validation / Test."""
+    rows = {}
+    for split in SPLITS:
+        found = metrics.get(split)
+        if not found:
+            continue
+        if "binary_crossentropy" in found:  # a classifier
+            for name in ("binary_crossentropy", "acc", "f1_score", "precision", "recall"):
+                rows.setdefault(name, {})[COLUMNS[split]] = found[name]
+            continue
+        per_class = found if "dice_coef" not in found else {metrics["stage"]: found}
+        for label, values in per_class.items():
+            for name in ("dice_loss", "dice_coef"):
+                key = f"Defect-{label.removeprefix('class')} {name}"
+                rows.setdefault(key, {})[COLUMNS[split]] = None if not values else values[name]
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=[c for c in COLUMNS.values()])
 
 
 def cascade_table(cascade_results: dict) -> pd.DataFrame:

@@ -404,6 +404,24 @@ def evaluate_stage(
     return result
 
 
+def predict_masks(run_dir: str | Path, backbone: str, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Mask probabilities ``(N, h, w, 4)`` from a backbone's trained UNets in ``run_dir`` (the joint one, or the
+    per-class ones; a class without a model stays 0) for uint8 images ``(N, h, w, 3)`` at the models' size."""
+    base = Path(run_dir) / backbone / "segmentation"
+    joint = base / "joint"
+    if (joint / models.SPEC_FILE).is_file():
+        return models.predict(models.load_model(joint), images, batch_size)
+    found = [c for c in CLASS_IDS if (base / f"class{c}" / models.SPEC_FILE).is_file()]
+    if not found:
+        raise FileNotFoundError(f"{base}: no trained UNet (expected joint/ or class1/ ... class4/ with "
+                                f"{models.SPEC_FILE})")
+    masks = np.zeros((len(images), *images.shape[1:3], len(CLASS_IDS)), np.float32)
+    for class_id in found:
+        masks[..., class_id - 1] = models.predict(models.load_model(base / f"class{class_id}"), images,
+                                                  batch_size)[..., 0]
+    return masks
+
+
 def config_dict(config: TrainConfig) -> dict:
     """A ``TrainConfig`` as JSON-ready data."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

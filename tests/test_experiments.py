@@ -1,7 +1,6 @@
 """The main job end to end: the smoke profile on a tiny twin, interrupted and resumed, then its report."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,9 +11,8 @@ import pytest
 from steeldefect import experiments, report
 from steeldefect.config import TABLE_ROWS
 
+from .conftest import run_smoke
 from .test_data import HEADER_2020, make_layout
-
-BACKBONES = ["efficientnetb0", "efficientnetb2"]  # two of five keep the suite in budget; the profile trains all
 
 
 def test_help_and_bad_data_dir(tmp_path, capsys):
@@ -35,27 +33,19 @@ def test_bad_csv_is_reported(tmp_path, capsys):
     assert "line 2: ClassId '9' is not one of 1, 2, 3, 4" in capsys.readouterr().err
 
 
-def _run(cwd, *extra, env=None):
-    command = [sys.executable, "-m", "steeldefect.experiments", "--profile", "smoke", "--backbones", *BACKBONES, *extra]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-
-
 @pytest.mark.slow
-def test_smoke_profile_end_to_end_with_resume(tmp_path):
-    first = _run(tmp_path, env={experiments.STOP_AFTER_ENV: "1"})
+def test_smoke_profile_end_to_end_with_resume(smoke_run):
+    tmp_path, run_dir, first, second = smoke_run.cwd, smoke_run.run_dir, smoke_run.first, smoke_run.second
     assert first.returncode == 130, first.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "smoke"
     finished = run_dir / "efficientnetb0" / "binary" / "metrics.json"
-    stamp = finished.stat().st_mtime_ns
     assert "[1/6] efficientnetb0 · binary" in first.stdout and "stopping after 1 stage(s)" in first.stdout
     assert "I0000" not in first.stderr and "absl" not in first.stderr  # a clean console
 
-    second = _run(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     first_line = next(line for line in second.stdout.splitlines() if line.startswith("[1/6]"))
     assert first_line.startswith("[1/6] efficientnetb0 · binary") and "done, skipped" in first_line
     assert "done, skipped" not in next(line for line in second.stdout.splitlines() if line.startswith("[2/6]"))
-    assert finished.stat().st_mtime_ns == stamp  # not retrained
+    assert finished.stat().st_mtime_ns == smoke_run.first_stamp  # not retrained
     assert (tmp_path / "data" / "synthetic-48" / "train.csv").is_file()
 
     tables = run_dir / "tables"
@@ -102,7 +92,7 @@ def test_smoke_profile_end_to_end_with_resume(tmp_path):
     assert "report.md" in second.stdout
 
     before = {p.name: p.read_text() for p in tables.glob("*.md")}
-    rebuilt = _run(tmp_path, "--report-only")
+    rebuilt = run_smoke(tmp_path, "--report-only")
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert {p.name: p.read_text() for p in tables.glob("*.md")} == before
 
