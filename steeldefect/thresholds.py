@@ -100,9 +100,9 @@ def search_thresholds(
     *,
     defect_probs: np.ndarray | None = None,
     binary_threshold: float = 0.5,
-    label_thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    label_thresholds: Iterable[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),  # 0: stage 2 never vetoes
     pixel_thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-    min_areas: Iterable[int] = (0, 250, 500, 1000, 2000, 4000),
+    min_areas: Iterable[int] = (0, 250, 500, 1000, 2000, 4000, 8000),
 ) -> dict[int, dict[str, float]]:
     """Per class, the label threshold, pixel threshold and minimum area (256x1600 pixels) that maximise the
     Kaggle mean Dice on the given (validation) images.

@@ -192,3 +192,24 @@ def test_dataset_stats_exact():
     assert stats.areas[2].dtype == np.int64 and stats.areas[2].size == 0
     assert stats.to_dict()["area_percentiles"][2][50] is None
     assert rle.area(table["Defect_4"][1]) == 100
+
+
+def test_examples_show_each_class_first():
+    table = pd.DataFrame({"ImageId": list("abcde"), "Defect_1": ["", "1 1", "", "", ""],
+                          "Defect_2": ["", "", "", "1 1", ""], "Defect_3": ["1 1", "", "1 1", "", ""],
+                          "Defect_4": [""] * 5, "has_defect": [True, True, True, True, False]})
+    assert data.examples(table, 3)["ImageId"].tolist() == ["b", "d", "a"]
+    assert data.examples(table, 10)["ImageId"].tolist() == ["b", "d", "a", "c"]  # defect-free images never
+
+
+def test_with_split_reads_a_runs_splits_and_names_what_is_missing(tmp_path):
+    table = pd.DataFrame({"ImageId": ["a.jpg", "b.jpg"], "Defect_1": ["", ""]})
+    path = tmp_path / "splits.csv"
+    path.write_text("ImageId,split\na.jpg,train\nb.jpg,test\n")
+    assert data.with_split(table, path)["split"].tolist() == ["train", "test"]
+    path.write_text("ImageId,split\na.jpg,train\n")
+    with pytest.raises(data.DataError, match=r"splits.csv: 1 image\(s\) of the table have no split, e.g. b.jpg"):
+        data.with_split(table, path)
+    path.write_text("image,part\na.jpg,train\n")
+    with pytest.raises(data.DataError, match="expected the columns ImageId,split, got image,part"):
+        data.with_split(table, path)
