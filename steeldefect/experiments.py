@@ -144,13 +144,15 @@ def run(args) -> int:
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     data_dir, is_synthetic = args.data_dir, args.data_dir is None
-    if profile.name == "paper" and is_synthetic:
+    if profile.name == "paper" and args.data_dir is None:
         raise SystemExit("error: the paper profile runs on the Kaggle data: pass --data-dir (see data/README.md)")
     if is_synthetic:
         n_images = args.twin_images or profile.twin_images
         data_dir = args.twin_root / f"synthetic-{n_images}"
         print(f"data: the synthetic Severstal twin, {n_images} images, in {data_dir} (written once)")
         synthetic.make_synthetic_severstal(data_dir, n_images, seed=0)
+    else:
+        is_synthetic = synthetic.is_twin(data_dir)  # a twin passed by --data-dir is still the twin
     settings = _settings(args, profile)
     settings.update({"data_dir": str(Path(data_dir).resolve()), "synthetic": is_synthetic})
     config = _prepare_run(args, run_dir, settings)

@@ -267,6 +267,11 @@ def _twin_spec(n_images: int, seed: int, n_test_images: int) -> dict:
     return {"version": TWIN_VERSION, "n_images": n_images, "seed": seed, "n_test_images": n_test_images}
 
 
+def is_twin(data_dir: str | Path) -> bool:
+    """Whether a data folder is a synthetic twin (it holds the ``twin.json`` that ``make_synthetic_severstal`` writes)."""
+    return (Path(data_dir) / MARKER).is_file()
+
+
 def make_synthetic_severstal(
     out_dir: str | Path, n_images: int, seed: int = 0, *, n_test_images: int | None = None
 ) -> Path:

@@ -113,14 +113,14 @@ def test_02_classification(base):
 
 @pytest.mark.slow
 def test_03_segmentation(base):
-    # two of the four classes keep the suite in budget (the notebook trains all four: ~4 min here)
-    notebook = _execute("03_segmentation.ipynb", base, EPOCHS=1, CLASSES=(1, 3))
+    # one of the four classes keeps the suite in budget (the notebook trains all four: ~4 min here)
+    notebook = _execute("03_segmentation.ipynb", base, EPOCHS=1, CLASSES=(3,))
     run = base / "runs" / "notebooks" / "efficientnetb0" / "segmentation"
-    assert sorted(p.name for p in run.iterdir()) == ["class1", "class3"]
-    assert all((run / f"class{c}" / "metrics.json").is_file() for c in (1, 3))
+    assert sorted(p.name for p in run.iterdir()) == ["class3"]
+    assert (run / "class3" / "metrics.json").is_file()
     assert len(_outputs(notebook, "image/png")) == 2  # Figure 13 and the validation examples
     tables = "\n".join(_outputs(notebook, "text/html"))
-    assert "Defect-1 dice_coef" in tables and "Defect-3 dice_coef" in tables and "Defect-2" not in tables
+    assert "Defect-3 dice_coef" in tables and "Defect-1" not in tables
 
 
 @pytest.mark.slow

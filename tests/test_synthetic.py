@@ -132,3 +132,11 @@ def test_looks_vary_within_a_class(plans):
     assert np.std([look["angle"] for look in looks]) > 0.5
     areas = [p.masks[1].sum() for p in plans if 1 in p.masks]
     assert np.percentile(areas, 90) > 4 * np.percentile(areas, 10)
+
+
+def test_is_twin_recognises_the_marker(tmp_path):
+    root = synthetic.make_synthetic_severstal(tmp_path / "twin", 3, seed=0, n_test_images=2)
+    assert synthetic.is_twin(root)
+    (tmp_path / "kaggle").mkdir()
+    (tmp_path / "kaggle" / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    assert not synthetic.is_twin(tmp_path / "kaggle") and not synthetic.is_twin(tmp_path / "missing")
