@@ -166,8 +166,9 @@ class Cascade:
         for name, model in parts.items():
             spec = models.spec_of(model)
             if spec is None:
-                raise CascadeError(f"the {name} model has no spec (it was not built by models.load_model or saved "
-                                   "by models.save_model): save it with models.save_model(model, dir, spec) first")
+                raise CascadeError(f"the {name} model has no spec (it was not built by models.build_classifier / "
+                                   "build_unet, nor loaded by models.load_model): save it with "
+                                   "models.save_model(model, dir, spec) first")
             models.save_model(model, path / name, spec)
         spec = self.to_spec()
         spec.update({"binary": "binary", "multilabel": "multilabel",

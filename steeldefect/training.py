@@ -122,13 +122,6 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.M
     return model
 
 
-def _spec(model: keras.Model, backbone: str, stage: str, config: TrainConfig) -> dict:
-    task, _ = stage_task(stage)
-    if task == "segmentation":
-        return models.model_spec(model, "unet", backbone)
-    return models.model_spec(model, "classifier", backbone, head=config.head)
-
-
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name("tmp-" + path.name)
     tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
@@ -327,7 +320,7 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
               shuffle=False)  # tf.data shuffles
     if best_path.is_file():
         model.load_weights(best_path)
-    models.save_model(model, directory, _spec(model, backbone, stage, config))
+    models.save_model(model, directory, models.spec_of(model))  # the spec build_stage_model built it from
     best_path.unlink(missing_ok=True)
     shutil.rmtree(backup_dir, ignore_errors=True)
 

@@ -152,3 +152,9 @@ def test_mirrored_strategy_and_mixed_precision_on_cpu(tmp_path):
     result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=split,
                                   images_dir=images_dir, verbose=0)
     assert np.isfinite(result["val"]["binary_crossentropy"])
+
+
+def test_predict_masks_names_the_folder_without_a_unet(tmp_path):
+    images = np.zeros((1, 64, 320, 3), np.uint8)
+    with pytest.raises(FileNotFoundError, match=r"efficientnetb0/segmentation: no trained UNet \(expected joint/"):
+        training.predict_masks(tmp_path, "efficientnetb0", images)
