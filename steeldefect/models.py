@@ -96,6 +96,10 @@ def resolve_encoder_weights(backbone: str, encoder_weights: str | os.PathLike | 
     """A local weights file for ``encoder_weights`` (``"imagenet"``, None or a path), downloading if it must."""
     if encoder_weights is None or str(encoder_weights).lower() == "none":
         return None
+    if str(encoder_weights) == "stage1":
+        raise ValueError(
+            "encoder_weights='stage1' means a run's trained stage-1 encoder: resolve it for a stage with "
+            "training.initial_encoder_weights(run_dir, backbone, stage, config) (train_stage does) before building")
     if str(encoder_weights) != "imagenet":
         path = Path(encoder_weights)
         if not path.is_file():
@@ -231,6 +235,20 @@ def build_unet(
     set_bn_momentum(model, bn_momentum)
     object.__setattr__(model, SPEC_ATTRIBUTE, model_spec(model, "unet", backbone))
     return model
+
+
+def save_encoder_weights(classifier: keras.Model, path: str | Path) -> Path:
+    """Write a classifier's EfficientNet encoder weights to ``path`` (``*.weights.h5``, atomically), in the form
+    ``build_classifier`` and ``build_unet`` take as ``encoder_weights``: stage 1's trained encoder can start the
+    later stages of the same backbone, as ImageNet weights would."""
+    path = Path(path)
+    encoders = [layer for layer in classifier.layers if isinstance(layer, keras.Model)]
+    if spec_of(classifier) is None or spec_of(classifier)["kind"] != "classifier" or len(encoders) != 1:
+        raise ValueError(f"{classifier.name}: not a classifier from build_classifier (it has no single encoder)")
+    tmp = path.with_name("tmp-" + path.name)
+    encoders[0].save_weights(tmp)
+    tmp.replace(path)
+    return path
 
 
 def forward_fn(model: keras.Model, training: bool = False):

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -44,6 +44,11 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
+# encoder_weights="stage1": the binary stage starts from random weights and every later stage of the same backbone
+# from the encoder the binary stage learned (exported once to ENCODER_FILE beside it) - transfer learning as with
+# ImageNet weights, from the one pretrained encoder there is when ImageNet's cannot be had.
+STAGE1_ENCODER = "stage1"
+ENCODER_FILE = "encoder.weights.h5"
 
 _strategies: dict[str, tf.distribute.Strategy] = {}
 
@@ -100,8 +105,13 @@ def precision_policy(name: str | None) -> Iterator[None]:
 
 
 def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.Model:
-    """The compiled model of a stage: classifier (1 or 4 outputs) or UNet (1 or 4 channels), Adam."""
+    """The compiled model of a stage: classifier (1 or 4 outputs) or UNet (1 or 4 channels), Adam.
+
+    ``encoder_weights="stage1"`` means random weights for the binary stage; for a later stage resolve it first
+    (``initial_encoder_weights``, as ``train_stage`` does)."""
     task, class_id = stage_task(stage)
+    if config.encoder_weights == STAGE1_ENCODER and stage == "binary":
+        config = dataclasses.replace(config, encoder_weights=None)
     if task == "segmentation":
         channels = 1 if class_id is not None else len(CLASS_IDS)
         model = models.build_unet(backbone, channels, config.image_size, config.encoder_weights,
@@ -120,6 +130,28 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.M
     # in a graph) and make tf.function trace the train step twice.
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def stage1_encoder(run_dir: str | Path, backbone: str) -> Path:
+    """The encoder weights of ``backbone``'s trained binary classifier in ``run_dir`` (exported on first use)."""
+    directory = stage_dir(run_dir, backbone, "binary")
+    path = directory / ENCODER_FILE
+    if not path.is_file():
+        if not (directory / models.SPEC_FILE).is_file():
+            raise FileNotFoundError(
+                f"{directory / models.SPEC_FILE} is missing: with encoder_weights={STAGE1_ENCODER!r} the later stages "
+                f"of {backbone} start from its trained binary classifier's encoder; train the binary stage first")
+        models.save_encoder_weights(models.load_model(directory), path)
+    return path
+
+
+def initial_encoder_weights(run_dir: str | Path, backbone: str, stage: str, config: TrainConfig) -> TrainConfig:
+    """``config`` with ``encoder_weights="stage1"`` resolved for ``stage``: None (random) for the binary stage, the
+    binary stage's encoder file for the others; other values unchanged."""
+    if config.encoder_weights != STAGE1_ENCODER:
+        return config
+    weights = None if check_stage(stage) == "binary" else str(stage1_encoder(run_dir, backbone))
+    return dataclasses.replace(config, encoder_weights=weights)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -277,7 +309,8 @@ def train_stage(
     directory.mkdir(parents=True, exist_ok=True)
     images_dir = Path(images_dir)
     if not (directory / models.SPEC_FILE).is_file():
-        _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose)
+        _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table, images_dir,
+             callbacks, verbose)
     result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
     _write_json(metrics_path, result)
     return result
@@ -417,4 +450,4 @@ def predict_masks(run_dir: str | Path, backbone: str, images: np.ndarray, batch_
 
 def config_dict(config: TrainConfig) -> dict:
     """A ``TrainConfig`` as JSON-ready data."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}

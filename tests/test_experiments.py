@@ -88,6 +88,9 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     assert results["wall_time_s"]["total_s"] > 0 and "paper cascade" in results["cascade"]["variants"]
     cascade = json.loads((run_dir / "cascade.json").read_text())
     assert set(cascade) >= {"binary", "multilabel", "segmentation", "limits", "searched", "image_size"}
+    assert json.loads((run_dir / "config.json").read_text())["encoder_weights"] == "stage1"
+    for backbone in ("efficientnetb0", "efficientnetb2"):  # stages 2-3 started from stage 1's encoder
+        assert (run_dir / backbone / "binary" / "encoder.weights.h5").is_file()
     assert (tmp_path / "runs" / "latest.txt").read_text().strip() == str(run_dir.resolve())
     assert "report.md" in second.stdout
 

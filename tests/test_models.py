@@ -135,3 +135,10 @@ def test_save_then_load_in_a_fresh_process_predicts_identically(tmp_path):
     (tmp_path / "unet" / models.WEIGHTS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="model.weights.h5 is missing"):
         models.load_model(tmp_path / "unet")
+
+
+def test_save_encoder_weights_wants_a_classifier(tmp_path):
+    unet = models.build_unet("efficientnetb0", 1, (64, 320), None)
+    with pytest.raises(ValueError, match="efficientnetb0_unet1: not a classifier from build_classifier"):
+        models.save_encoder_weights(unet, tmp_path / "encoder.weights.h5")
+    assert not list(tmp_path.iterdir())

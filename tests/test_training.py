@@ -158,3 +158,26 @@ def test_predict_masks_names_the_folder_without_a_unet(tmp_path):
     images = np.zeros((1, 64, 320, 3), np.uint8)
     with pytest.raises(FileNotFoundError, match=r"efficientnetb0/segmentation: no trained UNet \(expected joint/"):
         training.predict_masks(tmp_path, "efficientnetb0", images)
+
+
+def test_stage1_encoder_weights_start_the_later_stages(tmp_path):
+    run_dir = tmp_path / "run"
+    config = TrainConfig(image_size=SIZE, head="simple", encoder_weights=training.STAGE1_ENCODER)
+    assert training.initial_encoder_weights(run_dir, "efficientnetb0", "binary", config).encoder_weights is None
+    with pytest.raises(FileNotFoundError, match=r"efficientnetb0/binary/model.json is missing: with "
+                       r"encoder_weights='stage1' the later stages of efficientnetb0 start from"):
+        training.initial_encoder_weights(run_dir, "efficientnetb0", "multilabel", config)
+    binary = training.build_stage_model("efficientnetb0", "binary", training.initial_encoder_weights(
+        run_dir, "efficientnetb0", "binary", config))
+    models.save_model(binary, training.stage_dir(run_dir, "efficientnetb0", "binary"), models.spec_of(binary))
+    reference = binary.get_layer(index=2).get_layer("block6a_expand_conv").get_weights()[0]
+    for stage, index in (("multilabel", 2), ("joint", 2)):
+        resolved = training.initial_encoder_weights(run_dir, "efficientnetb0", stage, config)
+        assert resolved.encoder_weights == str(run_dir / "efficientnetb0" / "binary" / training.ENCODER_FILE)
+        model = training.build_stage_model("efficientnetb0", stage, resolved)
+        np.testing.assert_array_equal(model.get_layer(index=index).get_layer("block6a_expand_conv").get_weights()[0],
+                                      reference)
+    other = TrainConfig(image_size=SIZE, encoder_weights=None)
+    assert training.initial_encoder_weights(run_dir, "efficientnetb0", "joint", other) is other
+    with pytest.raises(ValueError, match=r"encoder_weights='stage1' means a run's trained stage-1 encoder: resolve it"):
+        training.build_stage_model("efficientnetb0", "multilabel", config)
