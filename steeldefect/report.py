@@ -329,6 +329,14 @@ def cascade_table(cascade_results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("variant")
 
 
+def _training_text(config: dict) -> str:
+    weights = config.get("encoder_weights")
+    start = {None: "every stage from random initialisation", "imagenet": "ImageNet encoder weights",
+             "stage1": "stage 1 from random initialisation, stages 2-3 from stage 1's trained encoder"}
+    return (f"{config.get('classifier_epochs')} epochs for the classifiers, {config.get('segmentation_epochs')} for "
+            f"the UNets, {start.get(weights, f'encoder weights from {weights}')}")
+
+
 def build_report(run_dir: str | Path) -> dict:
     """Write every table, figure, ``results.json`` and ``report.md`` of a run from its files; returns results."""
     run_dir = Path(run_dir)
@@ -371,7 +379,7 @@ def build_report(run_dir: str | Path) -> dict:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# Run report: {run_dir.name}", "", f"Profile `{config['profile']}`, data `{config['data_dir']}`"
              f"{' (synthetic twin)' if synthetic else ''}, image size {config['image_size']}, backbones "
-             f"{', '.join(backbones)}.", ""]
+             f"{', '.join(backbones)}; {_training_text(config)}.", ""]
     if results["wall_time_s"]:
         lines += [f"Wall time: {results['wall_time_s']['total_s'] / 60:.1f} min.", ""]
     for backbone in backbones:

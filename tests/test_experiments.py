@@ -92,7 +92,9 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     for backbone in ("efficientnetb0", "efficientnetb2"):  # stages 2-3 started from stage 1's encoder
         assert (run_dir / backbone / "binary" / "encoder.weights.h5").is_file()
     assert (tmp_path / "runs" / "latest.txt").read_text().strip() == str(run_dir.resolve())
-    assert "report.md" in second.stdout
+    assert "report.md" in second.stdout and "(paper's rule), " in second.stdout
+    assert "with thresholds searched on validation" in second.stdout
+    assert "stages 2-3 from stage 1's trained encoder" in (run_dir / "report.md").read_text()
 
     before = {p.name: p.read_text() for p in tables.glob("*.md")}
     rebuilt = run_smoke(tmp_path, "--report-only")
