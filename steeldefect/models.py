@@ -293,7 +293,14 @@ def save_model(model: keras.Model, directory: str | Path, spec: dict) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp_weights = directory / ("tmp-" + WEIGHTS_FILE)
-    model.save_weights(tmp_weights)
+    # Without its optimizer: a compiled model's file would also hold Adam's two moments (3x the size), which
+    # nothing reads - resuming training uses BackupAndRestore's own files.
+    optimizer = getattr(model, "optimizer", None)
+    model.optimizer = None
+    try:
+        model.save_weights(tmp_weights)
+    finally:
+        model.optimizer = optimizer
     tmp_weights.replace(directory / WEIGHTS_FILE)
     tmp_spec = directory / ("tmp-" + SPEC_FILE)
     tmp_spec.write_text(json.dumps(spec, indent=2) + "\n")

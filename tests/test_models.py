@@ -142,3 +142,20 @@ def test_save_encoder_weights_wants_a_classifier(tmp_path):
     with pytest.raises(ValueError, match="efficientnetb0_unet1: not a classifier from build_classifier"):
         models.save_encoder_weights(unet, tmp_path / "encoder.weights.h5")
     assert not list(tmp_path.iterdir())
+
+
+def test_saved_weights_leave_out_the_optimizer(tmp_path):
+    import h5py
+
+    from steeldefect import training
+    from steeldefect.config import TrainConfig
+
+    model = training.build_stage_model("efficientnetb0", "multilabel", TrainConfig(image_size=(64, 320), head="simple"))
+    optimizer = model.optimizer
+    models.save_model(model, tmp_path, models.spec_of(model))
+    with h5py.File(tmp_path / models.WEIGHTS_FILE) as saved:
+        assert "optimizer" not in saved and "layers" in saved
+    assert model.optimizer is optimizer  # the model can go on training
+    loaded = models.load_model(tmp_path)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
