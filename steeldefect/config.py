@@ -17,6 +17,11 @@ TEST_SIZE = 0.10  # share of all images held out for test (paper, Section 4)
 VAL_SIZE = 0.20  # share of the remaining images used for validation
 SPLIT_SEED = 42  # random_state of the source pipeline
 
+# encoder_weights value: the binary stage starts from random weights and every later stage of the same backbone from
+# the encoder the binary stage learned - transfer learning as with ImageNet weights, from the one pretrained encoder
+# there is when ImageNet's cannot be had (training.stage1_encoder).
+STAGE1_ENCODER = "stage1"
+
 AREA_PERCENTILES: tuple[float, float] = (2.0, 98.0)  # paper, Section 3.5
 
 STAGES: tuple[str, ...] = ("binary", "multilabel", "segmentation")
@@ -56,7 +61,7 @@ class TrainConfig:
     epochs: int = 10
     learning_rate: float = 1e-3  # Adam (our choice; the paper is silent)
     # "imagenet", None (random init), a path to a weights file, or "stage1": stages after the binary one start from
-    # the encoder of the same backbone's trained binary classifier (training.STAGE1_ENCODER)
+    # the encoder of the same backbone's trained binary classifier (STAGE1_ENCODER)
     encoder_weights: str | None = None
     # From random init, EfficientNet's default BN momentum (0.99) leaves inference at chance after short runs
     # (DESIGN.md, "Known facts"); 0.9 lets the moving statistics keep up. None keeps the encoder's default.
@@ -104,17 +109,17 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", "CI scale: a tiny twin, one epoch, all five backbones (checks the pipeline, not the numbers)",
         twin_images=48, image_size=(64, 320), classifier_epochs=1, segmentation_epochs=1, batch_size=8,
-        segmentation="joint", encoder_weights="stage1", head="simple",
+        segmentation="joint", encoder_weights=STAGE1_ENCODER, head="simple",
     ),
     "quick": Profile(
-        "quick", "the default on the synthetic twin: small images, one joint UNet per backbone, random init",
+        "quick", "the default on the synthetic twin: small images, one joint UNet per backbone, stages 2-3 from stage 1's encoder",
         # From random init the paper's 1024-512-64 head did not learn the twin in 4 epochs (train acc 0.57);
         # the simple head reached validation accuracy 0.875 in 3. 12 epochs, not 6: B0's binary test accuracy
         # 0.975 instead of 0.925 (the target is 0.95). Stages 2 and 3 start from stage 1's encoder ("stage1"): from
         # random weights the multi-label classifier never left the class prior (458 defective training images);
         # measured, see README "Measured".
         twin_images=1200, image_size=(64, 320), classifier_epochs=12, segmentation_epochs=12, batch_size=16,
-        segmentation="joint", encoder_weights="stage1", segmentation_loss="bce_dice", head="simple",
+        segmentation="joint", encoder_weights=STAGE1_ENCODER, segmentation_loss="bce_dice", head="simple",
     ),
     "paper": Profile(
         "paper", "the paper's protocol on the Kaggle data: ImageNet weights, four per-class UNets, for a GPU",

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from . import quiet_tensorflow
-from .config import PROFILES, SPLIT_SEED
+from .config import PROFILES, SPLIT_SEED, STAGE1_ENCODER
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
 RUNS_DIR = Path("runs")
@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="model input, multiples of 32")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
-    parser.add_argument("--encoder-weights", help="imagenet, none, stage1 (stages 2-3 start from the backbone's trained stage-1 encoder), or a path to a "
-                        "weights file")
+    parser.add_argument("--encoder-weights", help=f"imagenet, none, {STAGE1_ENCODER} (stages 2-3 start from the "
+                        "backbone's trained stage-1 encoder), or a path to a weights file")
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
                         choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")
@@ -99,7 +99,7 @@ def _train_config(settings: dict, stage: str):
     from .config import TrainConfig
 
     epochs = settings["classifier_epochs"] if stage in ("binary", "multilabel") else settings["segmentation_epochs"]
-    pretrained = settings["encoder_weights"] not in (None, "stage1")  # stage 1 of "stage1" starts from random weights
+    pretrained = settings["encoder_weights"] not in (None, STAGE1_ENCODER)  # its stage 1 starts from random weights
     return TrainConfig(
         image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],

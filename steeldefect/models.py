@@ -25,6 +25,8 @@ with contextlib.redirect_stdout(io.StringIO()):  # it announces its framework on
     import segmentation_models as sm  # noqa: E402
 import efficientnet.tfkeras as efn  # noqa: E402
 
+from .config import STAGE1_ENCODER  # noqa: E402
+
 BACKBONES = {
     "efficientnetb0": efn.EfficientNetB0,
     "efficientnetb1": efn.EfficientNetB1,
@@ -96,9 +98,9 @@ def resolve_encoder_weights(backbone: str, encoder_weights: str | os.PathLike | 
     """A local weights file for ``encoder_weights`` (``"imagenet"``, None or a path), downloading if it must."""
     if encoder_weights is None or str(encoder_weights).lower() == "none":
         return None
-    if str(encoder_weights) == "stage1":
+    if str(encoder_weights) == STAGE1_ENCODER:
         raise ValueError(
-            "encoder_weights='stage1' means a run's trained stage-1 encoder: resolve it for a stage with "
+            f"encoder_weights={STAGE1_ENCODER!r} means a run's trained stage-1 encoder: resolve it for a stage with "
             "training.initial_encoder_weights(run_dir, backbone, stage, config) (train_stage does) before building")
     if str(encoder_weights) != "imagenet":
         path = Path(encoder_weights)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure  # no pyplot: works headless and inline in 
 from matplotlib.ticker import MaxNLocator
 
 from . import paper
-from .config import CLASS_IDS, LOWER_IS_BETTER, SPLITS, TABLE_ROWS
+from .config import CLASS_IDS, LOWER_IS_BETTER, SPLITS, STAGE1_ENCODER, TABLE_ROWS
 
 SECTION = {"binary": "Binary classification", "multilabel": "Multi-label classification"}
 COLUMNS = {"train": "Train", "val": "Validation", "test": "Test"}
@@ -332,7 +332,7 @@ def cascade_table(cascade_results: dict) -> pd.DataFrame:
 def _training_text(config: dict) -> str:
     weights = config.get("encoder_weights")
     start = {None: "every stage from random initialisation", "imagenet": "ImageNet encoder weights",
-             "stage1": "stage 1 from random initialisation, stages 2-3 from stage 1's trained encoder"}
+             STAGE1_ENCODER: "stage 1 from random initialisation, stages 2-3 from stage 1's trained encoder"}
     return (f"{config.get('classifier_epochs')} epochs for the classifiers, {config.get('segmentation_epochs')} for "
             f"the UNets, {start.get(weights, f'encoder weights from {weights}')}")
 

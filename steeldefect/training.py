@@ -31,7 +31,7 @@ import pandas as pd
 import tensorflow as tf
 
 from . import loaders, metrics, models
-from .config import CLASS_IDS, SPLITS, TrainConfig
+from .config import CLASS_IDS, SPLITS, STAGE1_ENCODER, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
-# encoder_weights="stage1": the binary stage starts from random weights and every later stage of the same backbone
-# from the encoder the binary stage learned (exported once to ENCODER_FILE beside it) - transfer learning as with
-# ImageNet weights, from the one pretrained encoder there is when ImageNet's cannot be had.
-STAGE1_ENCODER = "stage1"
-ENCODER_FILE = "encoder.weights.h5"
+ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
 
 _strategies: dict[str, tf.distribute.Strategy] = {}
 
