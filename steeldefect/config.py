@@ -22,6 +22,11 @@ SPLIT_SEED = 42  # random_state of the source pipeline
 # there is when ImageNet's cannot be had (training.stage1_encoder).
 STAGE1_ENCODER = "stage1"
 
+# Per-image training step cost of each backbone B0..B4 in milliseconds, measured at 64x320, batch 8, weights=None, on
+# the 2-core development CPU (DESIGN.md, "Known facts"). Only the ratios matter: they scale a run's measured stage
+# times into its estimate of the time left (the ETA of python -m steeldefect.experiments).
+STEP_COST_MS: dict[str, tuple[float, ...]] = {"classifier": (19, 29, 33, 55, 67), "unet": (61, 68, 71, 84, 120)}
+
 AREA_PERCENTILES: tuple[float, float] = (2.0, 98.0)  # paper, Section 3.5
 
 STAGES: tuple[str, ...] = ("binary", "multilabel", "segmentation")

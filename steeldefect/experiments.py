@@ -14,13 +14,15 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 
 from . import quiet_tensorflow
-from .config import PROFILES, SPLIT_SEED, STAGE1_ENCODER
+from .config import BACKBONES, PROFILES, SPLIT_SEED, STAGE1_ENCODER, STEP_COST_MS
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
 RUNS_DIR = Path("runs")
@@ -70,6 +72,36 @@ def _quiet(verbose: bool) -> None:
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _work(backbone: str, stage: str, n_images: int, epochs: int) -> float:
+    """A stage's training work in units that scale with its wall time: images x epochs x the backbone's step cost."""
+    kind = "classifier" if stage in ("binary", "multilabel") else "unet"
+    return n_images * epochs * STEP_COST_MS[kind][BACKBONES.index(backbone)]
+
+
+def estimate_remaining(finished: list[tuple[str, float, float]], todo: list[tuple[str, float]]) -> float | None:
+    """Seconds the stages ``todo`` will take, from the stages already timed.
+
+    Args:
+        finished: ``(kind, work, seconds)`` of timed stages (kind "classifier" or "unet"; work from ``_work``).
+        todo: ``(kind, work)`` of the stages still to train.
+
+    Returns:
+        For each stage to do, its work times the seconds per unit of work of the finished stages of its kind (of all
+        finished stages when none of its kind is timed yet); None when nothing is timed.
+
+    Example:
+        >>> estimate_remaining([("classifier", 100.0, 50.0)], [("classifier", 300.0), ("unet", 100.0)])
+        200.0
+    """
+    if not finished:
+        return None
+    overall = sum(s for _, _, s in finished) / sum(w for _, w, _ in finished)
+    rates = {}
+    for kind in {k for k, _, _ in finished}:
+        rates[kind] = sum(s for k, _, s in finished if k == kind) / sum(w for k, w, _ in finished if k == kind)
+    return sum(work * rates.get(kind, overall) for kind, work in todo)
 
 
 def _settings(args, profile) -> dict:
@@ -187,30 +219,37 @@ def run(args) -> int:
           f"test {int((table['split'] == 'test').sum())}) · image size {config['image_size'][0]}x{config['image_size'][1]}")
 
     images_dir = Path(data_dir) / "train_images"
-    jobs = [(b, s) for b in config["backbones"] for s in config["stages"]]
+    jobs = []
+    for backbone in config["backbones"]:
+        for stage in config["stages"]:
+            task, class_id = training.stage_task(stage)
+            n_train = len(training.loaders.select_rows(table[table["split"] == "train"], task, class_id))
+            train_config = _train_config(config, stage)
+            kind = "classifier" if stage in ("binary", "multilabel") else "unet"
+            jobs.append((backbone, stage, n_train, train_config, kind,
+                         _work(backbone, stage, n_train, train_config.epochs)))
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    trained, spent = 0, []
-    for index, (backbone, stage) in enumerate(jobs, start=1):
+    trained = 0
+    for index, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):
         done = training.is_done(run_dir, backbone, stage)
-        task, class_id = training.stage_task(stage)
-        n_train = len(training.loaders.select_rows(table[table["split"] == "train"], task, class_id))
-        train_config = _train_config(config, stage)
-        remaining = len(jobs) - index + 1
-        eta = f" · ETA run {_duration(sum(spent) / len(spent) * remaining)}" if spent else ""
+        finished = [(k, w, training.stage_seconds(run_dir, b, s)) for b, s, _, _, k, w in jobs
+                    if training.is_done(run_dir, b, s)]
+        left = estimate_remaining([f for f in finished if f[2] is not None],
+                                  [(k, w) for b, s, _, _, k, w in jobs[index - 1:] if not training.is_done(run_dir, b, s)])
+        eta = f" · ETA run {_duration(left)}" if left is not None and not done else ""
         print(f"[{index}/{len(jobs)}] {backbone} · {stage} · {n_train} training images · "
               f"{train_config.epochs} epochs{' · done, skipped' if done else ''} · elapsed "
               f"{_duration(time.time() - start)}{eta}", flush=True)
         if done:
             continue
-        stage_start = time.time()
         training.train_stage(run_dir, backbone, stage, train_config, table=table, images_dir=images_dir,
                              verbose=2 if not sys.stdout.isatty() else "auto")
-        spent.append(time.time() - stage_start)
         trained += 1
         if stop_after and trained >= stop_after:
             print(f"stopping after {trained} stage(s) ({STOP_AFTER_ENV})")
             return 130
 
+    final_start = time.time()
     print("cascade: choosing each stage's backbone on the validation split", flush=True)
     choice = _choose_cascade(run_dir, config)
     (run_dir / "cascade.json").write_text(json.dumps(choice, indent=2) + "\n")
@@ -225,9 +264,16 @@ def run(args) -> int:
     evaluation = cascade_lib.evaluate_cascade(cascade, table, images_dir, "test")
     (run_dir / "cascade_eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     _overlays(cascade, table, images_dir, run_dir / "figures")
-    total = time.time() - start
-    (run_dir / "timing.json").write_text(json.dumps({"total_s": total, "stages_trained": trained,
-                                                     "stage_seconds": spent}, indent=2) + "\n")
+    stage_times = {f"{b}/{s}": training.stage_seconds(run_dir, b, s) for b, s, *_ in jobs}
+    final = time.time() - final_start
+    total = sum(v for v in stage_times.values() if v is not None) + final
+    (run_dir / "timing.json").write_text(json.dumps({
+        "total_s": total,  # every stage's recorded time (over all attempts) + the final steps of this process
+        "stages_s": stage_times,  # None: not recorded (trained by a version that did not time stages, or killed)
+        "final_s": final,  # choosing and evaluating the cascade, overlays
+        "this_process_s": time.time() - start,
+        "stages_trained": trained,  # by this process
+    }, indent=2) + "\n")
     report.build_report(run_dir)
     cascade_lib.RUNS_DIR.mkdir(parents=True, exist_ok=True)
     (cascade_lib.RUNS_DIR / cascade_lib.LATEST_FILE).write_text(str(run_dir.resolve()) + "\n")
@@ -308,11 +354,23 @@ def main(argv: list[str] | None = None) -> int:
     _quiet(args.verbose)
     from . import data
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) ends the run like Ctrl-C: the stage being trained records its time before exiting (its
+        # last finished epoch is already saved), so the rerun resumes it with nothing lost but the epoch in progress.
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args)
     except (FileNotFoundError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

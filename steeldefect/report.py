@@ -337,6 +337,24 @@ def _training_text(config: dict) -> str:
             f"the UNets, {start.get(weights, f'encoder weights from {weights}')}")
 
 
+def _wall_time_lines(timing: dict) -> list[str]:
+    """The report's lines on the run's wall time (timing.json): the total, and a table of minutes per stage."""
+    text = f"Wall time: {timing['total_s'] / 60:.1f} min"
+    stages = timing.get("stages_s")
+    if stages is None:  # written before stages were timed: this process only
+        return [text + " (the last process only: an interrupted and resumed run took longer).", ""]
+    missing = [name for name, seconds in stages.items() if seconds is None]
+    if missing:
+        text += f", without {len(missing)} of the {len(stages)} stages, whose time was not recorded"
+    lines = [text + " (training and evaluating each stage, summed over interrupted attempts, then the cascade).", ""]
+    minutes = pd.DataFrame([(*name.split("/"), None if s is None else s / 60) for name, s in stages.items()],
+                           columns=["backbone", "stage", "minutes"])
+    frame = minutes.pivot(index="backbone", columns="stage", values="minutes")
+    frame = frame.reindex(index=list(dict.fromkeys(minutes["backbone"])), columns=list(dict.fromkeys(minutes["stage"])))
+    frame = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None, not for NaN
+    return lines + ["Minutes per stage (blank: not recorded):", "", frame.to_markdown(floatfmt=".1f", missingval=""), ""]
+
+
 def build_report(run_dir: str | Path) -> dict:
     """Write every table, figure, ``results.json`` and ``report.md`` of a run from its files; returns results."""
     run_dir = Path(run_dir)
@@ -381,7 +399,7 @@ def build_report(run_dir: str | Path) -> dict:
              f"{' (synthetic twin)' if synthetic else ''}, image size {config['image_size']}, backbones "
              f"{', '.join(backbones)}; {_training_text(config)}.", ""]
     if results["wall_time_s"]:
-        lines += [f"Wall time: {results['wall_time_s']['total_s'] / 60:.1f} min.", ""]
+        lines += _wall_time_lines(results["wall_time_s"])
     for backbone in backbones:
         number = TABLE_NUMBERS[backbone]
         lines += [(tables / f"table{number}.md").read_text(), ""]

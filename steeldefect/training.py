@@ -4,7 +4,8 @@ Stages: ``binary`` (all training images), ``multilabel`` (defective images), ``c
 per class on the images containing it, as the paper's source pipeline does) and ``joint`` (one 4-channel UNet).
 A stage lives in ``run_dir/<backbone>/<stage>/`` (segmentation stages under ``segmentation/``) and holds
 ``model.json`` + ``model.weights.h5`` (the best epoch on validation loss), ``history.csv`` (every metric per epoch,
-train and validation) and ``metrics.json`` (the paper's metrics on train, validation and test). A stage whose
+train and validation), ``metrics.json`` (the paper's metrics on train, validation and test) and ``timing.json``
+(the wall time spent on it, summed over interrupted and resumed attempts). A stage whose
 ``metrics.json`` exists is done and is skipped; an interrupted one resumes from its last completed epoch
 (``keras.callbacks.BackupAndRestore``).
 
@@ -22,6 +23,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +44,7 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
+TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attempts": n}
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
@@ -72,6 +75,26 @@ def stage_task(stage: str) -> tuple[str, int | None]:
 
 def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
     return (stage_dir(run_dir, backbone, stage) / METRICS_FILE).is_file()
+
+
+def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | None:
+    """Wall time spent training and evaluating a stage, summed over its attempts; None when not recorded
+    (a stage trained before timing was recorded, or one whose only attempt was killed without a chance to write)."""
+    path = stage_dir(run_dir, backbone, stage) / TIMING_FILE
+    return float(json.loads(path.read_text())["seconds"]) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def _timed(directory: Path) -> Iterator[None]:
+    """Add the wall time of the block to ``directory/timing.json``, also when it ends by an exception (Ctrl-C)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        path = directory / TIMING_FILE
+        before = json.loads(path.read_text()) if path.is_file() else {"seconds": 0.0, "attempts": 0}
+        _write_json(path, {"seconds": before["seconds"] + time.perf_counter() - start,
+                           "attempts": before["attempts"] + 1})
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -304,11 +327,12 @@ def train_stage(
         raise ValueError("the table needs a 'split' column (data.split_table)")
     directory.mkdir(parents=True, exist_ok=True)
     images_dir = Path(images_dir)
-    if not (directory / models.SPEC_FILE).is_file():
-        _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table, images_dir,
-             callbacks, verbose)
-    result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
-    _write_json(metrics_path, result)
+    with _timed(directory):
+        if not (directory / models.SPEC_FILE).is_file():
+            _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
+                 images_dir, callbacks, verbose)
+        result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
+        _write_json(metrics_path, result)
     return result
 
 

@@ -27,6 +27,29 @@ def test_help_and_bad_data_dir(tmp_path, capsys):
         experiments.main(["--profile", "paper", "--run-dir", str(tmp_path / "run")])
 
 
+def test_eta_scales_the_timed_stages_by_kind_and_work():
+    assert experiments.estimate_remaining([], [("unet", 10.0)]) is None
+    finished = [("classifier", 100.0, 50.0), ("classifier", 300.0, 250.0), ("unet", 200.0, 400.0)]
+    # classifiers: 300 s / 400 units; UNets: 2 s per unit
+    assert experiments.estimate_remaining(finished, [("classifier", 40.0), ("unet", 5.0)]) == pytest.approx(40.0)
+    # no UNet timed yet: the rate of everything timed (300 s / 400 units)
+    assert experiments.estimate_remaining(finished[:2], [("unet", 8.0)]) == pytest.approx(6.0)
+    # a bigger backbone is slower per image: B4's classifier step costs 67/19 of B0's (config.STEP_COST_MS)
+    assert experiments._work("efficientnetb4", "binary", 10, 2) / experiments._work("efficientnetb0", "multilabel", 10, 2) \
+        == pytest.approx(67 / 19)
+    assert experiments._work("efficientnetb0", "joint", 1, 1) == 61
+
+
+def test_wall_time_lines_name_what_was_not_timed():
+    timing = {"total_s": 1800.0, "final_s": 60.0, "stages_s": {"efficientnetb0/binary": 600.0,
+                                                               "efficientnetb0/joint": None}}
+    lines = report._wall_time_lines(timing)
+    assert lines[0].startswith("Wall time: 30.0 min, without 1 of the 2 stages, whose time was not recorded")
+    table = "\n".join(lines)
+    assert "| efficientnetb0 |     10.0 |         |" in table
+    assert "the last process only" in report._wall_time_lines({"total_s": 60.0})[0]  # a timing.json without stage times
+
+
 def test_bad_csv_is_reported(tmp_path, capsys):
     root = make_layout(tmp_path / "d", HEADER_2020 + "a.jpg,9,1 1\n", ["a.jpg"])
     assert experiments.main(["--data-dir", str(root), "--run-dir", str(tmp_path / "run")]) == 2
@@ -85,7 +108,14 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     for path in figures.glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["wall_time_s"]["total_s"] > 0 and "paper cascade" in results["cascade"]["variants"]
+    timing = results["wall_time_s"]
+    assert set(timing["stages_s"]) == {f"{b}/{s}" for b in ("efficientnetb0", "efficientnetb2")
+                                       for s in ("binary", "multilabel", "joint")}
+    assert all(seconds > 0 for seconds in timing["stages_s"].values())  # also the stage of the interrupted run
+    assert timing["total_s"] == pytest.approx(sum(timing["stages_s"].values()) + timing["final_s"])
+    assert timing["stages_trained"] == 5 and "paper cascade" in results["cascade"]["variants"]
+    assert "Minutes per stage" in (run_dir / "report.md").read_text()
+    assert "ETA run" in next(line for line in second.stdout.splitlines() if line.startswith("[2/6]"))
     cascade = json.loads((run_dir / "cascade.json").read_text())
     assert set(cascade) >= {"binary", "multilabel", "segmentation", "limits", "searched", "image_size"}
     assert json.loads((run_dir / "config.json").read_text())["encoder_weights"] == "stage1"

@@ -103,10 +103,16 @@ def test_resume_continues_at_the_right_epoch_and_finished_stages_are_skipped(tmp
     directory = training.stage_dir(run, "efficientnetb0", "binary")
     assert training.read_history(directory / "history.csv")["epoch"].tolist() == [1, 2]
     assert not (directory / "metrics.json").exists()
+    interrupted = json.loads((directory / "timing.json").read_text())  # the interrupted attempt's time is kept
+    assert interrupted["attempts"] == 1 and interrupted["seconds"] > 0
     counter = CountEpochs()
     result = training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
                                   callbacks=[counter], verbose=0)
     assert counter.started == [3]
+    timing = json.loads((directory / "timing.json").read_text())
+    assert timing["attempts"] == 2 and timing["seconds"] > interrupted["seconds"]
+    assert training.stage_seconds(run, "efficientnetb0", "binary") == timing["seconds"]
+    assert training.stage_seconds(run, "efficientnetb0", "multilabel") is None
     history = training.read_history(directory / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
     assert {"loss", "val_loss", "acc", "val_acc", "f1_score", "precision", "recall", "learning_rate"} <= set(history.columns)
@@ -123,6 +129,7 @@ def test_resume_continues_at_the_right_epoch_and_finished_stages_are_skipped(tmp
     assert training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
                                 callbacks=[again], verbose=0) == saved
     assert again.started == []  # done: skipped, not retrained
+    assert json.loads((directory / "timing.json").read_text()) == timing  # a skipped stage adds no time
     reloaded = models.load_model(directory)
     assert reloaded.output_shape == (None, 1)
 
