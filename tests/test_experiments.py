@@ -1,6 +1,7 @@
 """The main job end to end: the smoke profile on a tiny twin, interrupted and resumed, then its report."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -48,6 +49,25 @@ def test_wall_time_lines_name_what_was_not_timed():
     table = "\n".join(lines)
     assert "| efficientnetb0 |     10.0 |         |" in table
     assert "the last process only" in report._wall_time_lines({"total_s": 60.0})[0]  # a timing.json without stage times
+
+
+def test_kill_ends_a_run_like_ctrl_c(tmp_path):
+    """SIGTERM raises SystemExit inside the run, so a stage's finally (its timing.json) still runs."""
+    script = ("import os, signal, sys, time\n"
+              "from steeldefect import experiments\n"
+              "def run(args):\n"
+              "    try:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(30)\n"
+              "    finally:\n"
+              "        print('cleanup ran', flush=True)\n"
+              "experiments.run = run\n"
+              "code = experiments.main(['--run-dir', 'r'])\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + 15 and "cleanup ran" in result.stdout, result.stderr[-2000:]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main() in this process leaves the handler as it was
+    experiments.main(["--data-dir", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")])
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_bad_csv_is_reported(tmp_path, capsys):
