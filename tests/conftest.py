@@ -7,8 +7,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from steeldefect.experiments import STOP_AFTER_ENV  # noqa: E402  (imports no TensorFlow)
+
+# No example database: it would write .hypothesis/ into the repository while the notebook tests, on another worker,
+# check that nothing is written there.
+settings.register_profile("steeldefect", database=None)
+settings.load_profile("steeldefect")
 
 REAL_EXCERPT = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "severstal_train_2019_excerpt.csv"
 
@@ -39,6 +45,14 @@ def run_smoke(cwd: Path, *extra: str, env: dict | None = None) -> subprocess.Com
     command = [sys.executable, "-m", "steeldefect.experiments", "--profile", "smoke", "--backbones", *SMOKE_BACKBONES,
                *extra]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Every test using ``smoke_run`` joins one xdist group: one worker runs them all and the smoke run once."""
+    for item in items:
+        if "smoke_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_run"))
 
 
 @pytest.fixture(scope="session")
