@@ -74,9 +74,13 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _work(backbone: str, stage: str, n_images: int, epochs: int) -> float:
+def _kind(stage: str) -> str:
+    """The model a stage trains: "classifier" or "unet" (the keys of config.STEP_COST_MS)."""
+    return "classifier" if stage in ("binary", "multilabel") else "unet"
+
+
+def _work(backbone: str, kind: str, n_images: int, epochs: int) -> float:
     """A stage's training work in units that scale with its wall time: images x epochs x the backbone's step cost."""
-    kind = "classifier" if stage in ("binary", "multilabel") else "unet"
     return n_images * epochs * STEP_COST_MS[kind][BACKBONES.index(backbone)]
 
 
@@ -225,9 +229,8 @@ def run(args) -> int:
             task, class_id = training.stage_task(stage)
             n_train = len(training.loaders.select_rows(table[table["split"] == "train"], task, class_id))
             train_config = _train_config(config, stage)
-            kind = "classifier" if stage in ("binary", "multilabel") else "unet"
-            jobs.append((backbone, stage, n_train, train_config, kind,
-                         _work(backbone, stage, n_train, train_config.epochs)))
+            kind = _kind(stage)
+            jobs.append((backbone, stage, n_train, train_config, kind, _work(backbone, kind, n_train, train_config.epochs)))
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     trained = 0
     for index, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):

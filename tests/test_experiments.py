@@ -36,9 +36,10 @@ def test_eta_scales_the_timed_stages_by_kind_and_work():
     # no UNet timed yet: the rate of everything timed (300 s / 400 units)
     assert experiments.estimate_remaining(finished[:2], [("unet", 8.0)]) == pytest.approx(6.0)
     # a bigger backbone is slower per image: B4's classifier step costs 67/19 of B0's (config.STEP_COST_MS)
-    assert experiments._work("efficientnetb4", "binary", 10, 2) / experiments._work("efficientnetb0", "multilabel", 10, 2) \
+    assert experiments._kind("multilabel") == "classifier" and experiments._kind("class3") == "unet"
+    assert experiments._work("efficientnetb4", "classifier", 10, 2) / experiments._work("efficientnetb0", "classifier", 10, 2) \
         == pytest.approx(67 / 19)
-    assert experiments._work("efficientnetb0", "joint", 1, 1) == 61
+    assert experiments._work("efficientnetb0", "unet", 1, 1) == 61
 
 
 def test_wall_time_lines_name_what_was_not_timed():
