@@ -22,6 +22,12 @@ SPLIT_SEED = 42  # random_state of the source pipeline
 # there is when ImageNet's cannot be had (training.stage1_encoder).
 STAGE1_ENCODER = "stage1"
 
+
+def starts_from_scratch(encoder_weights: str | None) -> bool:
+    """Whether stage 1 trains from random weights: ``encoder_weights`` None or STAGE1_ENCODER. Such runs need
+    BatchNormalization momentum 0.9 instead of EfficientNet's 0.99 (DESIGN.md, "Known facts")."""
+    return encoder_weights is None or encoder_weights == STAGE1_ENCODER
+
 # Per-image training step cost of each backbone B0..B4 in milliseconds, measured at 64x320, batch 8, weights=None, on
 # the 2-core development CPU (DESIGN.md, "Known facts"). Only the ratios matter: they scale a run's measured stage
 # times into its estimate of the time left (the ETA of python -m steeldefect.experiments).

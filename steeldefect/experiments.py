@@ -132,14 +132,13 @@ def _settings(args, profile) -> dict:
 
 
 def _train_config(settings: dict, stage: str):
-    from .config import TrainConfig
+    from .config import TrainConfig, starts_from_scratch
 
     epochs = settings["classifier_epochs"] if stage in ("binary", "multilabel") else settings["segmentation_epochs"]
-    pretrained = settings["encoder_weights"] not in (None, STAGE1_ENCODER)  # its stage 1 starts from random weights
     return TrainConfig(
         image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
-        bn_momentum=None if pretrained else 0.9, segmentation_loss=settings["segmentation_loss"], head=settings["head"],
+        bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"], head=settings["head"],
         seed=settings["seed"], strategy=settings["strategy"], mixed_precision=settings["mixed_precision"],
     )
 

@@ -42,6 +42,17 @@ def test_eta_scales_the_timed_stages_by_kind_and_work():
     assert experiments._work("efficientnetb0", "unet", 1, 1) == 61
 
 
+def test_bn_momentum_follows_where_stage_1_starts():
+    from steeldefect.config import PROFILES, starts_from_scratch
+
+    assert starts_from_scratch(None) and starts_from_scratch("stage1") and not starts_from_scratch("imagenet")
+    for weights, momentum in (("none", 0.9), ("stage1", 0.9), ("imagenet", None), ("/w/enc.weights.h5", None)):
+        args = experiments._parser().parse_args(["--encoder-weights", weights])
+        settings = experiments._settings(args, PROFILES["quick"])
+        for stage in ("binary", "multilabel", "joint"):
+            assert experiments._train_config(settings, stage).bn_momentum == momentum, (weights, stage)
+
+
 def test_wall_time_lines_name_what_was_not_timed():
     timing = {"total_s": 1800.0, "final_s": 60.0, "stages_s": {"efficientnetb0/binary": 600.0,
                                                                "efficientnetb0/joint": None}}
