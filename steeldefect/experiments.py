@@ -366,13 +366,25 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as err:
+        print("\ninterrupted: rerun the same command to resume (finished stages are kept; the stage in progress goes on "
+              "from its last finished epoch)", file=sys.stderr)
+        return 128 + (err.signum if isinstance(err, Terminated) else signal.SIGINT)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that the run unwinds through its finally blocks."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
+    raise Terminated(signum)
 
 
 if __name__ == "__main__":

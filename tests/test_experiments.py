@@ -63,23 +63,25 @@ def test_wall_time_lines_name_what_was_not_timed():
     assert "the last process only" in report._wall_time_lines({"total_s": 60.0})[0]  # a timing.json without stage times
 
 
-def test_kill_ends_a_run_like_ctrl_c(tmp_path):
-    """SIGTERM raises SystemExit inside the run, so a stage's finally (its timing.json) still runs."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
+    """SIGTERM unwinds the run like Ctrl-C, so a stage's finally (its timing.json) still runs; main says how to go on."""
     script = ("import os, signal, sys, time\n"
               "from steeldefect import experiments\n"
               "def run(args):\n"
               "    try:\n"
-              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              f"        os.kill(os.getpid(), {int(signum)})\n"
               "        time.sleep(30)\n"
               "    finally:\n"
               "        print('cleanup ran', flush=True)\n"
               "experiments.run = run\n"
-              "code = experiments.main(['--run-dir', 'r'])\n")
+              "sys.exit(experiments.main(['--run-dir', 'r']))\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 128 + 15 and "cleanup ran" in result.stdout, result.stderr[-2000:]
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main() in this process leaves the handler as it was
+    assert result.returncode == 128 + signum and "cleanup ran" in result.stdout, result.stderr[-2000:]
+    assert "interrupted: rerun the same command to resume" in result.stderr
+    before = signal.getsignal(signal.SIGTERM)
     experiments.main(["--data-dir", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")])
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before  # main() in this process leaves the handler as it was
 
 
 def test_bad_csv_is_reported(tmp_path, capsys):
