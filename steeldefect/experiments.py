@@ -10,11 +10,13 @@ run's files without training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,11 +24,17 @@ import warnings
 from pathlib import Path
 
 from . import quiet_tensorflow
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one process per run directory is up to the user
+    fcntl = None
 from .config import BACKBONES, PROFILES, SPLIT_SEED, STAGE1_ENCODER, STEP_COST_MS
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
 RUNS_DIR = Path("runs")
 STOP_AFTER_ENV = "STEELDEFECT_STOP_AFTER_STAGES"  # test hook: exit as if interrupted after N trained stages
+LOCK_FILE = "run.lock"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,10 +173,35 @@ def _prepare_run(args, run_dir: Path, settings: dict) -> dict:
     return config
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/run.lock`` (an advisory ``flock``, freed by the system when the process ends) while a run
+    trains: a second process on the same run directory would train the same stages into the same files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise SystemExit(f"error: {run_dir} is in use by {holder}; wait for it to end or stop it (one process per "
+                             "run directory; --run-dir starts another run)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def run(args) -> int:
-    from . import cascade as cascade_lib
-    from . import data, report, synthetic, thresholds, training
-    from .cascade import Cascade
+    from . import report
 
     start = time.time()
     profile = PROFILES[args.profile]
@@ -177,11 +210,24 @@ def run(args) -> int:
         results = report.build_report(run_dir)
         print(f"report rebuilt from {run_dir}: {run_dir / 'report.md'}")
         return 0 if results else 1
-    if args.fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    data_dir, is_synthetic = args.data_dir, args.data_dir is None
     if profile.name == "paper" and args.data_dir is None:
         raise SystemExit("error: the paper profile runs on the Kaggle data: pass --data-dir (see data/README.md)")
+    with run_lock(run_dir):
+        if args.fresh:
+            for child in run_dir.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                elif child.name != LOCK_FILE:
+                    child.unlink()
+        return _train_and_report(args, run_dir, profile, start)
+
+
+def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
+    from . import cascade as cascade_lib
+    from . import data, report, synthetic, thresholds, training
+    from .cascade import Cascade
+
+    data_dir, is_synthetic = args.data_dir, args.data_dir is None
     if is_synthetic:
         n_images = args.twin_images or profile.twin_images
         data_dir = args.twin_root / f"synthetic-{n_images}"

@@ -1,6 +1,7 @@
 """The main job end to end: the smoke profile on a tiny twin, interrupted and resumed, then its report."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,6 +83,19 @@ def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
     before = signal.getsignal(signal.SIGTERM)
     experiments.main(["--data-dir", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")])
     assert signal.getsignal(signal.SIGTERM) is before  # main() in this process leaves the handler as it was
+
+
+def test_one_process_per_run_directory_and_fresh_clears_it(tmp_path):
+    run_dir, missing = tmp_path / "run", str(tmp_path / "missing")
+    with experiments.run_lock(run_dir):
+        assert (run_dir / "run.lock").read_text().startswith(f"process {os.getpid()} on ")
+        with pytest.raises(SystemExit, match=rf"{run_dir} is in use by process {os.getpid()} on .*; wait for it"):
+            experiments.main(["--data-dir", missing, "--run-dir", str(run_dir)])
+    assert not (run_dir / "run.lock").exists()
+    (run_dir / "old").mkdir()
+    (run_dir / "old.txt").write_text("from an earlier run")
+    assert experiments.main(["--data-dir", missing, "--run-dir", str(run_dir), "--fresh"]) == 2  # past the lock
+    assert not (run_dir / "old").exists() and not (run_dir / "old.txt").exists()
 
 
 def test_bad_csv_is_reported(tmp_path, capsys):
