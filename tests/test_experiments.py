@@ -67,7 +67,10 @@ def test_wall_time_lines_name_what_was_not_timed():
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
     """SIGTERM unwinds the run like Ctrl-C, so a stage's finally (its timing.json) still runs; main says how to go on."""
+    # A shell that starts a job in the background (as CI may) leaves SIGINT ignored in it and its children; the
+    # child here takes Ctrl-C as a terminal would deliver it.
     script = ("import os, signal, sys, time\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from steeldefect import experiments\n"
               "def run(args):\n"
               "    try:\n"
