@@ -142,7 +142,7 @@ def _settings(args, profile) -> dict:
 def _train_config(settings: dict, stage: str):
     from .config import TrainConfig, starts_from_scratch
 
-    epochs = settings["classifier_epochs"] if stage in ("binary", "multilabel") else settings["segmentation_epochs"]
+    epochs = settings["classifier_epochs"] if _kind(stage) == "classifier" else settings["segmentation_epochs"]
     return TrainConfig(
         image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_one_process_per_run_directory_and_fresh_clears_it(tmp_path):
     run_dir, missing = tmp_path / "run", str(tmp_path / "missing")
     with experiments.run_lock(run_dir):
         assert (run_dir / "run.lock").read_text().startswith(f"process {os.getpid()} on ")
-        with pytest.raises(SystemExit, match=rf"{run_dir} is in use by process {os.getpid()} on .*; wait for it"):
+        with pytest.raises(SystemExit, match=rf"{re.escape(str(run_dir))} is in use by process {os.getpid()} on .*; wait for it"):
             experiments.main(["--data-dir", missing, "--run-dir", str(run_dir)])
     assert not (run_dir / "run.lock").exists()
     (run_dir / "old").mkdir()
