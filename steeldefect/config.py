@@ -35,7 +35,8 @@ STEP_COST_MS: dict[str, tuple[float, ...]] = {"classifier": (19, 29, 33, 55, 67)
 
 AREA_PERCENTILES: tuple[float, float] = (2.0, 98.0)  # paper, Section 3.5
 
-STAGES: tuple[str, ...] = ("binary", "multilabel", "segmentation")
+CLASSIFICATION_STAGES: tuple[str, ...] = ("binary", "multilabel")  # the stages that train a classifier
+STAGES: tuple[str, ...] = (*CLASSIFICATION_STAGES, "segmentation")
 SEGMENTATION_TASKS: tuple[str, ...] = tuple(f"class{c}" for c in CLASS_IDS)
 
 
@@ -113,7 +114,7 @@ class Profile:
 
     def stages(self) -> tuple[str, ...]:
         segmentation = ("joint",) if self.segmentation == "joint" else SEGMENTATION_TASKS
-        return ("binary", "multilabel", *segmentation)
+        return (*CLASSIFICATION_STAGES, *segmentation)
 
 
 PROFILES: dict[str, Profile] = {

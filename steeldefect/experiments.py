@@ -29,7 +29,7 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, one process per run directory is up to the user
     fcntl = None
-from .config import BACKBONES, PROFILES, SPLIT_SEED, STAGE1_ENCODER, STEP_COST_MS
+from .config import BACKBONES, CLASSIFICATION_STAGES, PROFILES, SPLIT_SEED, STAGE1_ENCODER, STEP_COST_MS
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
 RUNS_DIR = Path("runs")
@@ -84,7 +84,7 @@ def _duration(seconds: float) -> str:
 
 def _kind(stage: str) -> str:
     """The model a stage trains: "classifier" or "unet" (the keys of config.STEP_COST_MS)."""
-    return "classifier" if stage in ("binary", "multilabel") else "unet"
+    return "classifier" if stage in CLASSIFICATION_STAGES else "unet"
 
 
 def _work(backbone: str, kind: str, n_images: int, epochs: int) -> float:
@@ -344,7 +344,7 @@ def _choose_cascade(run_dir: Path, config: dict) -> dict:
 
     backbones = config["backbones"]
     choice: dict = {"image_size": config["image_size"]}
-    for stage in ("binary", "multilabel"):
+    for stage in CLASSIFICATION_STAGES:
         scores = [(metric(b, stage, "binary_crossentropy"), b) for b in backbones]
         best = min((s for s in scores if s[0] is not None), default=(None, backbones[0]))[1]
         choice[stage] = str(training.stage_dir(run_dir, best, stage).relative_to(run_dir))

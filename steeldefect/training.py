@@ -33,11 +33,10 @@ import pandas as pd
 import tensorflow as tf
 
 from . import loaders, metrics, models
-from .config import CLASS_IDS, SPLITS, STAGE1_ENCODER, TrainConfig
+from .config import CLASS_IDS, CLASSIFICATION_STAGES, SPLITS, STAGE1_ENCODER, TrainConfig
 
 log = logging.getLogger(__name__)
 
-CLASSIFICATION_STAGES = ("binary", "multilabel")
 SEGMENTATION_STAGES = (*(f"class{c}" for c in CLASS_IDS), "joint")
 ALL_STAGES = (*CLASSIFICATION_STAGES, *SEGMENTATION_STAGES)
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -129,8 +128,7 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.M
     ``encoder_weights="stage1"`` means random weights for the binary stage; for a later stage resolve it first
     (``initial_encoder_weights``, as ``train_stage`` does)."""
     task, class_id = stage_task(stage)
-    if config.encoder_weights == STAGE1_ENCODER and stage == "binary":
-        config = dataclasses.replace(config, encoder_weights=None)
+    config = _binary_from_scratch(stage, config)
     if task == "segmentation":
         channels = 1 if class_id is not None else len(CLASS_IDS)
         model = models.build_unet(backbone, channels, config.image_size, config.encoder_weights,
@@ -167,10 +165,17 @@ def stage1_encoder(run_dir: str | Path, backbone: str) -> Path:
 def initial_encoder_weights(run_dir: str | Path, backbone: str, stage: str, config: TrainConfig) -> TrainConfig:
     """``config`` with ``encoder_weights="stage1"`` resolved for ``stage``: None (random) for the binary stage, the
     binary stage's encoder file for the others; other values unchanged."""
+    config = _binary_from_scratch(stage, config)
     if config.encoder_weights != STAGE1_ENCODER:
         return config
-    weights = None if check_stage(stage) == "binary" else str(stage1_encoder(run_dir, backbone))
-    return dataclasses.replace(config, encoder_weights=weights)
+    return dataclasses.replace(config, encoder_weights=str(stage1_encoder(run_dir, backbone)))
+
+
+def _binary_from_scratch(stage: str, config: TrainConfig) -> TrainConfig:
+    """``encoder_weights="stage1"`` means random weights for the binary stage itself (it is stage 1)."""
+    if config.encoder_weights == STAGE1_ENCODER and check_stage(stage) == "binary":
+        return dataclasses.replace(config, encoder_weights=None)
+    return config
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -174,8 +174,7 @@ def test_stage1_encoder_weights_start_the_later_stages(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"efficientnetb0/binary/model.json is missing: with "
                        r"encoder_weights='stage1' the later stages of efficientnetb0 start from"):
         training.initial_encoder_weights(run_dir, "efficientnetb0", "multilabel", config)
-    binary = training.build_stage_model("efficientnetb0", "binary", training.initial_encoder_weights(
-        run_dir, "efficientnetb0", "binary", config))
+    binary = training.build_stage_model("efficientnetb0", "binary", config)  # "stage1": the binary stage is stage 1
     models.save_model(binary, training.stage_dir(run_dir, "efficientnetb0", "binary"), models.spec_of(binary))
     reference = binary.get_layer(index=2).get_layer("block6a_expand_conv").get_weights()[0]
     for stage, index in (("multilabel", 2), ("joint", 2)):
