@@ -317,7 +317,7 @@ def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
     total = sum(v for v in stage_times.values() if v is not None) + final
     (run_dir / "timing.json").write_text(json.dumps({
         "total_s": total,  # every stage's recorded time (over all attempts) + the final steps of this process
-        "stages_s": stage_times,  # None: not recorded (trained by a version that did not time stages, or killed)
+        "stages_s": stage_times,  # None: not recorded (trained by a version that did not time stages)
         "final_s": final,  # choosing and evaluating the cascade, overlays
         "this_process_s": time.time() - start,
         "stages_trained": trained,  # by this process

@@ -77,23 +77,44 @@ def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
 
 
 def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | None:
-    """Wall time spent training and evaluating a stage, summed over its attempts; None when not recorded
-    (a stage trained before timing was recorded, or one whose only attempt was killed without a chance to write)."""
+    """Wall time spent training and evaluating a stage, summed over its attempts (``StageClock``); None when not
+    recorded (a stage trained by a version of this package that did not time stages)."""
     path = stage_dir(run_dir, backbone, stage) / TIMING_FILE
     return float(json.loads(path.read_text())["seconds"]) if path.is_file() else None
 
 
+class StageClock:
+    """A stage's wall time over its attempts, kept in ``directory/timing.json`` ({"seconds", "attempts"}).
+
+    Written when an attempt starts, after every epoch (``on_epoch_end``, as the stage's first Keras callback) and
+    when the attempt ends, also by an exception (Ctrl-C, kill): a hard kill (SIGKILL, the OOM killer, a reboot)
+    loses at most the epoch under way, as the training itself does.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory / TIMING_FILE
+        before = json.loads(self.path.read_text()) if self.path.is_file() else {"seconds": 0.0, "attempts": 0}
+        self.before = float(before["seconds"])
+        self.attempt = int(before["attempts"]) + 1
+        self.start = time.perf_counter()
+
+    def write(self) -> None:
+        _write_json(self.path, {"seconds": self.before + time.perf_counter() - self.start, "attempts": self.attempt})
+
+    def callback(self) -> keras.callbacks.Callback:
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.write())
+
+
 @contextlib.contextmanager
-def _timed(directory: Path) -> Iterator[None]:
-    """Add the wall time of the block to ``directory/timing.json``, also when it ends by an exception (Ctrl-C)."""
-    start = time.perf_counter()
+def _timed(directory: Path) -> Iterator[StageClock]:
+    """A ``StageClock`` of ``directory`` for the block: written at its start and end, also when it ends by an
+    exception."""
+    clock = StageClock(directory)
+    clock.write()
     try:
-        yield
+        yield clock
     finally:
-        path = directory / TIMING_FILE
-        before = json.loads(path.read_text()) if path.is_file() else {"seconds": 0.0, "attempts": 0}
-        _write_json(path, {"seconds": before["seconds"] + time.perf_counter() - start,
-                           "attempts": before["attempts"] + 1})
+        clock.write()
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -332,10 +353,10 @@ def train_stage(
         raise ValueError("the table needs a 'split' column (data.split_table)")
     directory.mkdir(parents=True, exist_ok=True)
     images_dir = Path(images_dir)
-    with _timed(directory):
+    with _timed(directory) as clock:
         if not (directory / models.SPEC_FILE).is_file():
             _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
-                 images_dir, callbacks, verbose)
+                 images_dir, [clock.callback(), *callbacks], verbose)
         result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
         _write_json(metrics_path, result)
     return result

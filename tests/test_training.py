@@ -83,6 +83,18 @@ class StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+class ReadTiming(keras.callbacks.Callback):
+    """What timing.json holds after each epoch: what a hard kill (SIGKILL) at that point would leave."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.path = directory / "timing.json"
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(json.loads(self.path.read_text()))
+
+
 class CountEpochs(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -97,14 +109,17 @@ def test_resume_continues_at_the_right_epoch_and_finished_stages_are_skipped(tmp
     split, images_dir = squares_table(tmp_path, n=15)
     config = TrainConfig(image_size=SIZE, batch_size=4, epochs=3, early_stopping_patience=10, head="simple")
     run = tmp_path / "run"
+    directory = training.stage_dir(run, "efficientnetb0", "binary")
+    timing_after_epoch = ReadTiming(directory)
     with pytest.raises(KeyboardInterrupt):
         training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
-                             callbacks=[StopAfter(2)], verbose=0)
-    directory = training.stage_dir(run, "efficientnetb0", "binary")
+                             callbacks=[timing_after_epoch, StopAfter(2)], verbose=0)
+    first, second = timing_after_epoch.seen  # written after every epoch, not only when the attempt ends
+    assert first["attempts"] == second["attempts"] == 1 and 0 < first["seconds"] < second["seconds"]
     assert training.read_history(directory / "history.csv")["epoch"].tolist() == [1, 2]
     assert not (directory / "metrics.json").exists()
     interrupted = json.loads((directory / "timing.json").read_text())  # the interrupted attempt's time is kept
-    assert interrupted["attempts"] == 1 and interrupted["seconds"] > 0
+    assert interrupted["attempts"] == 1 and interrupted["seconds"] > second["seconds"]
     counter = CountEpochs()
     result = training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
                                   callbacks=[counter], verbose=0)
