@@ -86,9 +86,10 @@ def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | Non
 class StageClock:
     """A stage's wall time over its attempts, kept in ``directory/timing.json`` ({"seconds", "attempts"}).
 
-    Written when an attempt starts, after every epoch (``on_epoch_end``, as the stage's first Keras callback) and
-    when the attempt ends, also by an exception (Ctrl-C, kill): a hard kill (SIGKILL, the OOM killer, a reboot)
-    loses at most the epoch under way, as the training itself does.
+    As a context manager around one attempt it writes the file when the attempt starts, after every epoch
+    (``callback()``, the stage's first Keras callback) and when the attempt ends, also by an exception (Ctrl-C,
+    kill): a hard kill (SIGKILL, the OOM killer, a reboot) loses at most the epoch under way, as the training
+    itself does.
     """
 
     def __init__(self, directory: Path):
@@ -104,17 +105,12 @@ class StageClock:
     def callback(self) -> keras.callbacks.Callback:
         return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.write())
 
+    def __enter__(self) -> StageClock:
+        self.write()
+        return self
 
-@contextlib.contextmanager
-def _timed(directory: Path) -> Iterator[StageClock]:
-    """A ``StageClock`` of ``directory`` for the block: written at its start and end, also when it ends by an
-    exception."""
-    clock = StageClock(directory)
-    clock.write()
-    try:
-        yield clock
-    finally:
-        clock.write()
+    def __exit__(self, *exc_info) -> None:
+        self.write()
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -353,7 +349,7 @@ def train_stage(
         raise ValueError("the table needs a 'split' column (data.split_table)")
     directory.mkdir(parents=True, exist_ok=True)
     images_dir = Path(images_dir)
-    with _timed(directory) as clock:
+    with StageClock(directory) as clock:
         if not (directory / models.SPEC_FILE).is_file():
             _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
                  images_dir, [clock.callback(), *callbacks], verbose)
