@@ -328,8 +328,8 @@ def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
     dice = {name: variant["kaggle_mean_dice"] for name, variant in evaluation["variants"].items()}
     searched = f", {dice['searched thresholds']:.4f} with thresholds searched on validation" \
         if "searched thresholds" in dice else ""
-    print(f"done in {_duration(total)}: cascade Kaggle mean Dice on test {dice['paper cascade']:.4f} (paper's rule)"
-          f"{searched}; report {run_dir / 'report.md'}")
+    print(f"done in {_duration(total)}{report.untimed_note(stage_times)}: cascade Kaggle mean Dice on test "
+          f"{dice['paper cascade']:.4f} (paper's rule){searched}; report {run_dir / 'report.md'}")
     print((run_dir / "tables" / "table7.md").read_text())
     return 0
 

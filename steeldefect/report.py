@@ -337,16 +337,25 @@ def _training_text(config: dict) -> str:
             f"the UNets, {start.get(weights, f'encoder weights from {weights}')}")
 
 
+def untimed_note(stages_s: dict[str, float | None]) -> str:
+    """What a run's wall time leaves out: the stages of ``timing.json``'s ``stages_s`` whose time is None.
+
+    Example:
+        >>> untimed_note({"efficientnetb0/binary": None, "efficientnetb0/joint": 60.0})
+        ', without 1 of the 2 stages, whose time was not recorded'
+    """
+    missing = sum(seconds is None for seconds in stages_s.values())
+    return f", without {missing} of the {len(stages_s)} stages, whose time was not recorded" if missing else ""
+
+
 def _wall_time_lines(timing: dict) -> list[str]:
     """The report's lines on the run's wall time (timing.json): the total, and a table of minutes per stage."""
     text = f"Wall time: {timing['total_s'] / 60:.1f} min"
     stages = timing.get("stages_s")
     if stages is None:  # written before stages were timed: this process only
         return [text + " (the last process only: an interrupted and resumed run took longer).", ""]
-    missing = [name for name, seconds in stages.items() if seconds is None]
-    if missing:
-        text += f", without {len(missing)} of the {len(stages)} stages, whose time was not recorded"
-    lines = [text + " (training and evaluating each stage, summed over interrupted attempts, then the cascade).", ""]
+    lines = [text + untimed_note(stages)
+             + " (training and evaluating each stage, summed over interrupted attempts, then the cascade).", ""]
     minutes = pd.DataFrame([(*name.split("/"), None if s is None else s / 60) for name, s in stages.items()],
                            columns=["backbone", "stage", "minutes"])
     frame = minutes.pivot(index="backbone", columns="stage", values="minutes")

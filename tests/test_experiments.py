@@ -63,6 +63,8 @@ def test_wall_time_lines_name_what_was_not_timed():
     table = "\n".join(lines)
     assert "| efficientnetb0 |     10.0 |         |" in table
     assert "the last process only" in report._wall_time_lines({"total_s": 60.0})[0]  # a timing.json without stage times
+    assert report.untimed_note(timing["stages_s"]) == ", without 1 of the 2 stages, whose time was not recorded"
+    assert report.untimed_note({"efficientnetb0/binary": 600.0}) == ""  # the console's "done in" line adds nothing
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
