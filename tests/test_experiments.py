@@ -67,6 +67,25 @@ def test_wall_time_lines_name_what_was_not_timed():
     assert report.untimed_note({"efficientnetb0/binary": 600.0}) == ""  # the console's "done in" line adds nothing
 
 
+def test_cascade_table_counts_and_the_all_empty_reference():
+    def variant(dice, presence):
+        return {"kaggle_mean_dice": dice, "per_class_dice": {"class1": dice, "class2": dice},
+                "presence": {c: dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True))
+                             for c, counts in zip(("class1", "class2"), presence, strict=True)}}
+    results = {"split": "test", "n_images": 10, "image_size": [64, 320],
+               "variants": {"paper cascade": variant(0.9, [(0, 0, 2, 8), (3, 1, 1, 5)]),
+                            "no gating": variant(0.7, [(2, 3, 0, 5), (4, 4, 0, 2)])}}
+    frame = report.cascade_table(results)
+    assert list(frame.index) == ["paper cascade", "no gating", report.EMPTY_REFERENCE]
+    assert frame.loc["paper cascade", "tp/fp/fn class1"] == "0/0/2"
+    assert frame.loc["no gating", "tp/fp/fn class2"] == "4/4/0"
+    # empty everywhere: Dice 1 on the 8 images without class 1 and the 6 without class 2, 0 on the rest
+    empty = frame.loc[report.EMPTY_REFERENCE]
+    assert (empty["Dice class1"], empty["Dice class2"]) == (0.8, 0.6)
+    assert empty["Kaggle mean Dice"] == pytest.approx(0.7)
+    assert (empty["tp/fp/fn class1"], empty["tp/fp/fn class2"]) == ("0/0/2", "0/0/4")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
     """SIGTERM unwinds the run like Ctrl-C, so a stage's finally (its timing.json) still runs; main says how to go on."""
