@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
     parser.add_argument("--encoder-weights", help=f"imagenet, none, {STAGE1_ENCODER} (stages 2-3 start from the "
                         "backbone's trained stage-1 encoder), or a path to a weights file")
+    parser.add_argument("--multilabel-pos-weight", choices=("none", "balanced"), default=None,
+                        help="stage 2's loss: none, the paper's binary cross-entropy (default), or balanced: each "
+                             "class's positives weighted by its negatives / positives in the training images")
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
                         choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")
@@ -131,6 +134,7 @@ def _settings(args, profile) -> dict:
         "batch_size": args.batch_size or profile.batch_size,
         "learning_rate": profile.learning_rate,
         "segmentation_loss": profile.segmentation_loss,
+        "multilabel_pos_weight": None if args.multilabel_pos_weight == "none" else args.multilabel_pos_weight,
         "head": profile.head,
         "encoder_weights": None if encoder_weights is None else str(encoder_weights),
         "seed": args.seed,
@@ -146,7 +150,8 @@ def _train_config(settings: dict, stage: str):
     return TrainConfig(
         image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
-        bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"], head=settings["head"],
+        bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"],
+        multilabel_pos_weight=settings.get("multilabel_pos_weight"), head=settings["head"],
         seed=settings["seed"], strategy=settings["strategy"], mixed_precision=settings["mixed_precision"],
     )
 

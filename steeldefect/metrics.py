@@ -195,6 +195,44 @@ def keras_bce_dice_loss(y_true, y_pred):
 SEGMENTATION_LOSSES: dict[str, Callable] = {"dice": keras_dice_loss, "bce_dice": keras_bce_dice_loss}
 
 
+def balanced_pos_weight(labels) -> np.ndarray:
+    """Per class, the weight that makes its positives count as much as its negatives: ``n_negative / n_positive``.
+
+    Args:
+        labels: ``(n_images, n_classes)`` 0/1, e.g. ``data.class_labels`` of the training rows.
+
+    Example:
+        >>> balanced_pos_weight([[1, 0], [1, 1], [0, 0], [1, 0]]).tolist()
+        [0.3333333432674408, 3.0]
+    """
+    labels = np.asarray(labels, np.float64)
+    positives = labels.sum(axis=0)
+    if labels.ndim != 2 or np.any(positives == 0) or np.any(positives == len(labels)):
+        raise ValueError(f"balanced weights need every class both present and absent in the labels; counts of "
+                         f"positives {positives.astype(int).tolist()} over {len(labels)} rows")
+    return ((len(labels) - positives) / positives).astype(np.float32)
+
+
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy with each class's positive term weighted: ``-(w_c y log p + (1 - y) log(1 - p))``,
+    averaged over the classes (with every ``w_c = 1``, Keras' ``BinaryCrossentropy``). For the multi-label stage,
+    where a rare class's positives are outweighed by its negatives (``balanced_pos_weight``)."""
+
+    def __init__(self, pos_weight, name: str = "weighted_binary_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pos_weight = [float(w) for w in pos_weight]
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.clip_by_value(y_pred, EPSILON, 1.0 - EPSILON)
+        y_true = tf.cast(y_true, y_pred.dtype)
+        weight = tf.constant(self.pos_weight, y_pred.dtype)
+        terms = weight * y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred)
+        return -tf.reduce_mean(terms, axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pos_weight": self.pos_weight}
+
+
 def keras_classification_metrics(num_outputs: int) -> list:
     """Epoch-level Keras metrics with the paper's names (Figures 11-12): acc, f1_score, precision, recall."""
     return [

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import loaders, metrics, models
+from . import data, loaders, metrics, models
 from .config import CLASS_IDS, CLASSIFICATION_STAGES, SPLITS, STAGE1_ENCODER, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attempts": n}
+LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": per class}; absent for the paper's
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
@@ -139,12 +140,15 @@ def precision_policy(name: str | None) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.Model:
+def build_stage_model(backbone: str, stage: str, config: TrainConfig, *, pos_weight=None) -> keras.Model:
     """The compiled model of a stage: classifier (1 or 4 outputs) or UNet (1 or 4 channels), Adam.
 
     ``encoder_weights="stage1"`` means random weights for the binary stage; for a later stage resolve it first
-    (``initial_encoder_weights``, as ``train_stage`` does)."""
+    (``initial_encoder_weights``, as ``train_stage`` does). ``pos_weight`` (the multi-label stage only; from
+    ``stage_pos_weight``) weights each class's positives in the binary cross-entropy."""
     task, class_id = stage_task(stage)
+    if pos_weight is not None and task != "multilabel":
+        raise ValueError(f"pos_weight is for the multilabel stage, not {stage!r}")
     config = _binary_from_scratch(stage, config)
     if task == "segmentation":
         channels = 1 if class_id is not None else len(CLASS_IDS)
@@ -156,7 +160,8 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig) -> keras.M
         outputs = 1 if task == "binary" else len(CLASS_IDS)
         model = models.build_classifier(backbone, outputs, config.image_size, config.encoder_weights,
                                         head=config.head, bn_momentum=config.bn_momentum)
-        loss = keras.losses.BinaryCrossentropy(name="binary_crossentropy")
+        loss = keras.losses.BinaryCrossentropy(name="binary_crossentropy") if pos_weight is None \
+            else metrics.WeightedBinaryCrossentropy(pos_weight)
         model_metrics = metrics.keras_classification_metrics(outputs)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=model_metrics,
                   jit_compile=False)  # XLA on CPU: 3x slower to compile and to run (measured)
@@ -358,6 +363,19 @@ def train_stage(
     return result
 
 
+def stage_pos_weight(stage: str, config: TrainConfig, table: pd.DataFrame) -> np.ndarray | None:
+    """The per-class weights of the multi-label loss that ``config.multilabel_pos_weight`` asks for: None (the paper's
+    plain binary cross-entropy, and for every other stage) or, for "balanced", ``metrics.balanced_pos_weight`` of the
+    stage's training images (the defective images of the train split)."""
+    choice = config.multilabel_pos_weight
+    if choice not in (None, "balanced"):
+        raise ValueError(f"multilabel_pos_weight must be None or 'balanced', got {choice!r}")
+    if choice is None or stage_task(stage)[0] != "multilabel":
+        return None
+    rows = loaders.select_rows(table[table["split"] == "train"], "multilabel")
+    return metrics.balanced_pos_weight(data.class_labels(rows))
+
+
 def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose) -> None:
     keras.utils.set_random_seed(config.seed)
     history_path = directory / HISTORY_FILE
@@ -371,8 +389,12 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
     val = _datasets(table, images_dir, stage, config, "val", train=False)
     # Precise BN reads a few un-augmented training batches each epoch: no need to cache them a second time.
     calibration = _datasets(table, images_dir, stage, config, "train", train=False, cache=False)
+    pos_weight = stage_pos_weight(stage, config, table)
+    if pos_weight is not None:
+        _write_json(directory / LOSS_FILE, {"loss": "weighted_binary_crossentropy", "pos_weight": pos_weight.tolist()})
+        log.info("%s/%s: positives weighted per class %s", backbone, stage, np.round(pos_weight, 3).tolist())
     with precision_policy(config.mixed_precision), get_strategy(config.strategy).scope():
-        model = build_stage_model(backbone, stage, config)
+        model = build_stage_model(backbone, stage, config, pos_weight=pos_weight)
         # Build the compiled metrics eagerly on one batch too (another ~8 s off the first epoch).
         model._symbolic_build(data_batch=next(iter(train)))
     best_path = directory / BEST_WEIGHTS

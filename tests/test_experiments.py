@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from steeldefect import experiments, report
-from steeldefect.config import TABLE_ROWS
+from steeldefect.config import PROFILES, TABLE_ROWS
 
 from .conftest import run_smoke
 from .test_data import HEADER_2020, make_layout
@@ -45,7 +45,7 @@ def test_eta_scales_the_timed_stages_by_kind_and_work():
 
 
 def test_bn_momentum_follows_where_stage_1_starts():
-    from steeldefect.config import PROFILES, starts_from_scratch
+    from steeldefect.config import starts_from_scratch
 
     assert starts_from_scratch(None) and starts_from_scratch("stage1") and not starts_from_scratch("imagenet")
     for weights, momentum in (("none", 0.9), ("stage1", 0.9), ("imagenet", None), ("/w/enc.weights.h5", None)):
@@ -53,6 +53,17 @@ def test_bn_momentum_follows_where_stage_1_starts():
         settings = experiments._settings(args, PROFILES["quick"])
         for stage in ("binary", "multilabel", "joint"):
             assert experiments._train_config(settings, stage).bn_momentum == momentum, (weights, stage)
+
+
+def test_multilabel_pos_weight_flag_reaches_the_multilabel_config():
+    for flag, expected in (([], None), (["--multilabel-pos-weight", "none"], None),
+                           (["--multilabel-pos-weight", "balanced"], "balanced")):
+        settings = experiments._settings(experiments._parser().parse_args(flag), PROFILES["quick"])
+        assert settings["multilabel_pos_weight"] == expected
+        assert experiments._train_config(settings, "multilabel").multilabel_pos_weight == expected
+    # a run written before the option existed has no such key: it resumes as the paper's loss
+    assert experiments._train_config({k: v for k, v in settings.items() if k != "multilabel_pos_weight"},
+                                     "multilabel").multilabel_pos_weight is None
 
 
 def test_wall_time_lines_name_what_was_not_timed():

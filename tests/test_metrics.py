@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -108,3 +109,16 @@ def test_keras_dice_matches_numpy():
     np.testing.assert_allclose(loss, 1 - keras_value, rtol=1e-5)
     combined = metrics.keras_bce_dice_loss(tf.constant(truth), tf.constant(prob)).numpy()
     assert np.all(combined > loss)
+
+
+def test_weighted_bce_exact_case_and_balanced_weights():
+    y = np.array([[1, 0], [0, 1]], np.float32)
+    p = np.array([[0.8, 0.3], [0.4, 0.9]], np.float32)
+    # per image, the mean over classes of -(w y log p + (1 - y) log(1 - p)); then the mean over images
+    expected = np.mean([-(2.0 * np.log(0.8) + np.log(0.7)) / 2, -(np.log(0.6) + 0.5 * np.log(0.9)) / 2])
+    assert float(metrics.WeightedBinaryCrossentropy([2.0, 0.5])(y, p)) == pytest.approx(expected, rel=1e-5)
+    plain = float(keras.losses.BinaryCrossentropy()(y, p))
+    assert float(metrics.WeightedBinaryCrossentropy([1.0, 1.0])(y, p)) == pytest.approx(plain, rel=1e-5)
+    np.testing.assert_allclose(metrics.balanced_pos_weight([[1, 0], [1, 1], [0, 0], [1, 0]]), [1 / 3, 3.0], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"every class both present and absent.*positives \[2, 0\] over 2 rows"):
+        metrics.balanced_pos_weight([[1, 0], [1, 0]])

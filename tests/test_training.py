@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from steeldefect import data, models, rle, training
+from steeldefect import data, metrics, models, rle, training
 from steeldefect.config import TrainConfig
 
 SIZE = (64, 320)
@@ -202,3 +202,25 @@ def test_stage1_encoder_weights_start_the_later_stages(tmp_path):
     assert training.initial_encoder_weights(run_dir, "efficientnetb0", "joint", other) is other
     with pytest.raises(ValueError, match=r"encoder_weights='stage1' means a run's trained stage-1 encoder: resolve it"):
         training.build_stage_model("efficientnetb0", "multilabel", config)
+
+
+def test_balanced_multilabel_weights_come_from_the_stage_training_images(tmp_path):
+    classes = [{1, 3}, {3}, {4}, {2, 3}, {1}, set(), {2}]
+    table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(len(classes))],
+                          **{f"Defect_{c}": ["1 1" if c in found else "" for found in classes] for c in (1, 2, 3, 4)},
+                          "split": ["train"] * 6 + ["val"]})  # the val row and the defect-free row do not count
+    table["has_defect"] = [bool(found) for found in classes]
+    balanced = TrainConfig(multilabel_pos_weight="balanced")
+    # 5 defective training images: classes 1-4 present in 2, 1, 3, 1 of them
+    np.testing.assert_allclose(training.stage_pos_weight("multilabel", balanced, table), [1.5, 4.0, 2 / 3, 4.0],
+                               rtol=1e-6)
+    assert training.stage_pos_weight("binary", balanced, table) is None
+    assert training.stage_pos_weight("multilabel", TrainConfig(), table) is None
+    with pytest.raises(ValueError, match=r"multilabel_pos_weight must be None or 'balanced', got 'inverse'"):
+        training.stage_pos_weight("multilabel", TrainConfig(multilabel_pos_weight="inverse"), table)
+    with pytest.raises(ValueError, match=r"pos_weight is for the multilabel stage, not 'binary'"):
+        training.build_stage_model("efficientnetb0", "binary", TrainConfig(image_size=SIZE), pos_weight=[1.0])
+    model = training.build_stage_model("efficientnetb0", "multilabel", TrainConfig(image_size=SIZE, head="simple"),
+                                       pos_weight=[1.5, 4.0, 2 / 3, 4.0])
+    assert isinstance(model.loss, metrics.WeightedBinaryCrossentropy)
+    assert model.loss.pos_weight == pytest.approx([1.5, 4.0, 2 / 3, 4.0])
