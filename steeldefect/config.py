@@ -84,7 +84,8 @@ class TrainConfig:
     head: str = "paper"  # classifier head: "paper" (source pipeline's 1024-512-64) or "simple"
     segmentation_loss: str = "dice"  # "dice" (the paper's) or "bce_dice"
     # Multi-label stage: None, the paper's binary cross-entropy, or "balanced": each class's positives weighted by its
-    # negatives / positives among the stage's training images (metrics.WeightedBinaryCrossentropy).
+    # negatives / positives among the stage's training images (metrics.WeightedBinaryCrossentropy), or "rare": the
+    # same but at least 1 (training.stage_pos_weight).
     multilabel_pos_weight: str | None = None
     augment: bool = True
     cache: bool = True  # keep decoded, resized images in memory between epochs

@@ -55,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
     parser.add_argument("--encoder-weights", help=f"imagenet, none, {STAGE1_ENCODER} (stages 2-3 start from the "
                         "backbone's trained stage-1 encoder), or a path to a weights file")
-    parser.add_argument("--multilabel-pos-weight", choices=("none", "balanced"), default=None,
-                        help="stage 2's loss: none, the paper's binary cross-entropy (default), or balanced: each "
-                             "class's positives weighted by its negatives / positives in the training images")
+    parser.add_argument("--multilabel-pos-weight", choices=("none", "balanced", "rare"), default=None,
+                        help="stage 2's loss: none, the paper's binary cross-entropy (default); balanced: each "
+                             "class's positives weighted by its negatives / positives in the training images; "
+                             "rare: the same weights, but at least 1")
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
                         choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")

@@ -346,8 +346,9 @@ def _training_text(config: dict) -> str:
     weights = config.get("encoder_weights")
     start = {None: "every stage from random initialisation", "imagenet": "ImageNet encoder weights",
              STAGE1_ENCODER: "stage 1 from random initialisation, stages 2-3 from stage 1's trained encoder"}
-    weighted = ("; stage 2's positives weighted per class (negatives / positives, --multilabel-pos-weight balanced)"
-                if config.get("multilabel_pos_weight") == "balanced" else "")
+    pos_weight = config.get("multilabel_pos_weight")
+    weighted = (f"; stage 2's positives weighted per class (--multilabel-pos-weight {pos_weight}, loss.json)"
+                if pos_weight else "")
     return (f"{config.get('classifier_epochs')} epochs for the classifiers, {config.get('segmentation_epochs')} for "
             f"the UNets, {start.get(weights, f'encoder weights from {weights}')}{weighted}")
 

@@ -44,6 +44,7 @@ PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attempts": n}
+POS_WEIGHTS = (None, "balanced", "rare")  # TrainConfig.multilabel_pos_weight (stage_pos_weight)
 LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": per class}; absent for the paper's
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
@@ -365,15 +366,17 @@ def train_stage(
 
 def stage_pos_weight(stage: str, config: TrainConfig, table: pd.DataFrame) -> np.ndarray | None:
     """The per-class weights of the multi-label loss that ``config.multilabel_pos_weight`` asks for: None (the paper's
-    plain binary cross-entropy, and for every other stage) or, for "balanced", ``metrics.balanced_pos_weight`` of the
-    stage's training images (the defective images of the train split)."""
+    plain binary cross-entropy, and for every other stage), for "balanced" ``metrics.balanced_pos_weight`` of the
+    stage's training images (the defective images of the train split); for "rare", the same but at least 1: the
+    rare classes' positives count more, the common class's no less (balancing also weighs class 3's down)."""
     choice = config.multilabel_pos_weight
-    if choice not in (None, "balanced"):
-        raise ValueError(f"multilabel_pos_weight must be None or 'balanced', got {choice!r}")
+    if choice not in POS_WEIGHTS:
+        raise ValueError(f"multilabel_pos_weight must be one of {POS_WEIGHTS}, got {choice!r}")
     if choice is None or stage_task(stage)[0] != "multilabel":
         return None
     rows = loaders.select_rows(table[table["split"] == "train"], "multilabel")
-    return metrics.balanced_pos_weight(data.class_labels(rows))
+    weights = metrics.balanced_pos_weight(data.class_labels(rows))
+    return np.maximum(weights, 1.0) if choice == "rare" else weights
 
 
 def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose) -> None:

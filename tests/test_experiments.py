@@ -57,7 +57,8 @@ def test_bn_momentum_follows_where_stage_1_starts():
 
 def test_multilabel_pos_weight_flag_reaches_the_multilabel_config():
     for flag, expected in (([], None), (["--multilabel-pos-weight", "none"], None),
-                           (["--multilabel-pos-weight", "balanced"], "balanced")):
+                           (["--multilabel-pos-weight", "balanced"], "balanced"),
+                           (["--multilabel-pos-weight", "rare"], "rare")):
         settings = experiments._settings(experiments._parser().parse_args(flag), PROFILES["quick"])
         assert settings["multilabel_pos_weight"] == expected
         assert experiments._train_config(settings, "multilabel").multilabel_pos_weight == expected

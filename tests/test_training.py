@@ -216,7 +216,10 @@ def test_balanced_multilabel_weights_come_from_the_stage_training_images(tmp_pat
                                rtol=1e-6)
     assert training.stage_pos_weight("binary", balanced, table) is None
     assert training.stage_pos_weight("multilabel", TrainConfig(), table) is None
-    with pytest.raises(ValueError, match=r"multilabel_pos_weight must be None or 'balanced', got 'inverse'"):
+    np.testing.assert_allclose(training.stage_pos_weight("multilabel", TrainConfig(multilabel_pos_weight="rare"),
+                                                         table), [1.5, 4.0, 1.0, 4.0], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"multilabel_pos_weight must be one of \(None, 'balanced', 'rare'\), "
+                                         r"got 'inverse'"):
         training.stage_pos_weight("multilabel", TrainConfig(multilabel_pos_weight="inverse"), table)
     with pytest.raises(ValueError, match=r"pos_weight is for the multilabel stage, not 'binary'"):
         training.build_stage_model("efficientnetb0", "binary", TrainConfig(image_size=SIZE), pos_weight=[1.0])
