@@ -37,6 +37,8 @@ AREA_PERCENTILES: tuple[float, float] = (2.0, 98.0)  # paper, Section 3.5
 
 CLASSIFICATION_STAGES: tuple[str, ...] = ("binary", "multilabel")  # the stages that train a classifier
 STAGES: tuple[str, ...] = (*CLASSIFICATION_STAGES, "segmentation")
+# TrainConfig.multilabel_pos_weight: None (the paper's plain BCE), "balanced" or "rare" (training.stage_pos_weight)
+MULTILABEL_POS_WEIGHTS: tuple[str | None, ...] = (None, "balanced", "rare")
 SEGMENTATION_TASKS: tuple[str, ...] = tuple(f"class{c}" for c in CLASS_IDS)
 
 

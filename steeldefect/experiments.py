@@ -29,7 +29,15 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, one process per run directory is up to the user
     fcntl = None
-from .config import BACKBONES, CLASSIFICATION_STAGES, PROFILES, SPLIT_SEED, STAGE1_ENCODER, STEP_COST_MS
+from .config import (
+    BACKBONES,
+    CLASSIFICATION_STAGES,
+    MULTILABEL_POS_WEIGHTS,
+    PROFILES,
+    SPLIT_SEED,
+    STAGE1_ENCODER,
+    STEP_COST_MS,
+)
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
 RUNS_DIR = Path("runs")
@@ -55,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="split and training seed")
     parser.add_argument("--encoder-weights", help=f"imagenet, none, {STAGE1_ENCODER} (stages 2-3 start from the "
                         "backbone's trained stage-1 encoder), or a path to a weights file")
-    parser.add_argument("--multilabel-pos-weight", choices=("none", "balanced", "rare"), default=None,
+    parser.add_argument("--multilabel-pos-weight", choices=[str(w).lower() for w in MULTILABEL_POS_WEIGHTS],
+                        default=None,
                         help="stage 2's loss: none, the paper's binary cross-entropy (default); balanced: each "
                              "class's positives weighted by its negatives / positives in the training images; "
                              "rare: the same weights, but at least 1")

@@ -33,7 +33,14 @@ import pandas as pd
 import tensorflow as tf
 
 from . import data, loaders, metrics, models
-from .config import CLASS_IDS, CLASSIFICATION_STAGES, SPLITS, STAGE1_ENCODER, TrainConfig
+from .config import (
+    CLASS_IDS,
+    CLASSIFICATION_STAGES,
+    MULTILABEL_POS_WEIGHTS,
+    SPLITS,
+    STAGE1_ENCODER,
+    TrainConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,6 @@ PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attempts": n}
-POS_WEIGHTS = (None, "balanced", "rare")  # TrainConfig.multilabel_pos_weight (stage_pos_weight)
 LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": per class}; absent for the paper's
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
@@ -370,8 +376,8 @@ def stage_pos_weight(stage: str, config: TrainConfig, table: pd.DataFrame) -> np
     stage's training images (the defective images of the train split); for "rare", the same but at least 1: the
     rare classes' positives count more, the common class's no less (balancing also weighs class 3's down)."""
     choice = config.multilabel_pos_weight
-    if choice not in POS_WEIGHTS:
-        raise ValueError(f"multilabel_pos_weight must be one of {POS_WEIGHTS}, got {choice!r}")
+    if choice not in MULTILABEL_POS_WEIGHTS:
+        raise ValueError(f"multilabel_pos_weight must be one of {MULTILABEL_POS_WEIGHTS}, got {choice!r}")
     if choice is None or stage_task(stage)[0] != "multilabel":
         return None
     rows = loaders.select_rows(table[table["split"] == "train"], "multilabel")
