@@ -10,11 +10,11 @@ latest experiments run). ``python -m steeldefect.cascade`` predicts from the com
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import loaders, metrics, models, rle, thresholds
+from . import loaders, metrics, models, rle, runfiles, thresholds
 from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CASCADE_FILE = "cascade.json"
 RUNS_DIR = Path("runs")  # relative to the working directory, as experiments writes it
 LATEST_FILE = "latest.txt"  # in RUNS_DIR: the path of the latest experiments run
-GATINGS = ("paper", "none")
+GATINGS = thresholds.GATINGS
 COLOURS = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}  # RGB per class
 
 KEPT = "kept"
@@ -40,7 +40,7 @@ ABSENT = "dropped: stage 2 probability below its threshold"
 EMPTY = "dropped: stage 3 predicted an empty mask"
 
 
-class CascadeError(RuntimeError):
+class CascadeError(runfiles.RunFileError, RuntimeError):
     """A cascade that cannot be found or loaded; the message says what is missing and how to make one."""
 
 
@@ -67,9 +67,12 @@ def _read_image(image) -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        # imdecode, not imread: imread decodes a JPEG cut short without an error (the missing rows come out grey),
+        # imdecode refuses it.
+        pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
         if pixels is None:
-            raise ValueError(f"{path}: not a readable image (OpenCV could not decode it)")
+            raise ValueError(f"{path}: not a readable image (OpenCV could not decode it: not an image, or a "
+                             "corrupt or truncated file)")
         return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
     array = np.asarray(image)
     if array.dtype != np.uint8:
@@ -94,14 +97,15 @@ class Cascade:
     Args:
         binary: stage-1 model (1 sigmoid output).
         multilabel: stage-2 model (4 sigmoid outputs).
-        segmentation: ``{class_id: model}`` of per-class UNets (1 channel each), or ``{0: model}`` for one joint
-            4-channel UNet.
+        segmentation: ``{class_id: model}`` of per-class UNets (1 channel each; a class without one is never
+            predicted), or ``{0: model}`` for one joint 4-channel UNet.
         image_size: ``(height, width)`` the models take.
         limits: area limits ``{class_id: (min, max)}`` in 256x1600 pixels (``thresholds.area_thresholds``).
         binary_threshold, label_thresholds, pixel_threshold: decision thresholds (0.5 as in the paper's source).
         gating: ``"paper"`` (stage 1 → 2 → 3) or ``"none"`` (every class segmented, area filter only).
         area_filter: apply the area limits.
         searched: per-class thresholds from ``thresholds.search_thresholds``; used when ``use_searched``.
+        never_predicted: ``{class_id: why}`` of classes the cascade never predicts (e.g. no training image).
 
     Example:
         >>> cascade = Cascade.load("runs/default")
@@ -112,11 +116,17 @@ class Cascade:
     def __init__(self, binary, multilabel, segmentation: dict, image_size, limits=None, *,
                  binary_threshold: float = 0.5, label_thresholds: dict[int, float] | None = None,
                  pixel_threshold: float = 0.5, gating: str = "paper", area_filter: bool = True,
-                 searched: dict | None = None, use_searched: bool = False, batch_size: int = 8):
+                 searched: dict | None = None, use_searched: bool = False, batch_size: int = 8,
+                 never_predicted: dict[int, str] | None = None):
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {', '.join(GATINGS)}, got {gating!r}")
-        if not (set(segmentation) == set(CLASS_IDS) or set(segmentation) == {0}):
-            raise ValueError(f"segmentation needs models for classes {CLASS_IDS} or {{0: joint}}, got {sorted(segmentation)}")
+        if not segmentation or not (set(segmentation) <= set(CLASS_IDS) or set(segmentation) == {0}):
+            raise ValueError(f"segmentation needs models for some of classes {CLASS_IDS} or {{0: joint}}, got "
+                             f"{sorted(segmentation)}")
+        self.never_predicted = {int(c): why for c, why in (never_predicted or {}).items()}
+        if 0 not in segmentation:
+            for class_id in sorted(set(CLASS_IDS) - set(segmentation)):
+                self.never_predicted.setdefault(class_id, "no segmentation model")
         self.binary, self.multilabel, self.segmentation = binary, multilabel, segmentation
         self.image_size = tuple(int(v) for v in image_size)
         self.limits = dict(limits or thresholds.area_thresholds(None))
@@ -134,15 +144,18 @@ class Cascade:
     @classmethod
     def load(cls, path: str | Path, **overrides) -> Cascade:
         """Read a run directory's or a bundle's ``cascade.json`` and the models it names."""
-        path = Path(path)
-        spec_path = path if path.suffix == ".json" else path / CASCADE_FILE
+        spec_path = _spec_path(path)
         if not spec_path.is_file():
             raise CascadeError(
                 f"{spec_path} is missing: not a cascade. Make one with `python -m steeldefect.experiments` "
                 "(it writes cascade.json into the run directory) or save one with Cascade.save(path)."
             )
-        spec = json.loads(spec_path.read_text())
-        base = spec_path.parent
+        spec = runfiles.read_json(spec_path)
+        missing = [key for key in ("binary", "multilabel", "segmentation", "image_size", "limits") if key not in spec]
+        if missing:
+            raise CascadeError(f"{spec_path} lacks {', '.join(missing)}: not a cascade this version of steeldefect "
+                               "can load; rebuild it with `python -m steeldefect.experiments` on its run directory")
+        base = spec_path.parent.resolve()
         load = lambda rel: models.load_model(_resolve(base, rel))  # noqa: E731
         segmentation = {int(k): load(v) for k, v in spec["segmentation"].items()}
         settings = {
@@ -151,6 +164,7 @@ class Cascade:
             "label_thresholds": {int(k): v for k, v in spec.get("label_thresholds", {}).items()} or None,
             "pixel_threshold": spec.get("pixel_threshold", 0.5),
             "searched": {int(k): v for k, v in spec["searched"].items()} if spec.get("searched") else None,
+            "never_predicted": {int(k): v for k, v in (spec.get("never_predicted") or {}).items()},
         }
         settings.update(overrides)
         cascade = cls(load(spec["binary"]), load(spec["multilabel"]), segmentation, spec["image_size"], **settings)
@@ -174,7 +188,7 @@ class Cascade:
         spec.update({"binary": "binary", "multilabel": "multilabel",
                      "segmentation": {str(k): f"segmentation/{'joint' if k == 0 else f'class{k}'}"
                                       for k in self.segmentation}})
-        (path / CASCADE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        runfiles.write_json(path / CASCADE_FILE, spec)
         return path
 
     def to_spec(self) -> dict:
@@ -185,17 +199,34 @@ class Cascade:
             "label_thresholds": {str(k): v for k, v in self.label_thresholds.items()},
             "pixel_threshold": self.pixel_threshold,
             "searched": {str(k): v for k, v in self.searched.items()} if self.searched else None,
+            "never_predicted": {str(k): v for k, v in self.never_predicted.items()},
         }
 
     # ----- prediction
 
-    def _thresholds(self, class_id: int, searched: bool | None = None) -> tuple[float, float, tuple[float, float]]:
-        """(label threshold, pixel threshold, (min, max) area at 256x1600) for a class; ``searched`` picks the
-        thresholds searched on validation (default: ``use_searched``)."""
+    def rule(self, searched: bool | None = None) -> dict:
+        """The thresholds of the decision rule (``thresholds.cascade_masks``' keywords): per class label and pixel
+        thresholds and (min, max) areas at 256x1600; ``searched`` picks those searched on validation (default:
+        ``use_searched``)."""
+        # A class the cascade never predicts has an infinite label threshold: stage 2 never passes it.
+        never = [c in self.never_predicted for c in CLASS_IDS]
         if (self.use_searched if searched is None else searched) and self.searched:
-            found = self.searched[class_id]
-            return found["label_threshold"], found["pixel_threshold"], (found["min_area"], float("inf"))
-        return self.label_thresholds[class_id], self.pixel_threshold, self.limits[class_id]
+            found = [self.searched[c] for c in CLASS_IDS]
+            labels = [f["label_threshold"] for f in found]
+            rule = {"pixel_thresholds": [f["pixel_threshold"] for f in found],
+                    "limits": {c: (f["min_area"], float("inf")) for c, f in zip(CLASS_IDS, found, strict=True)}}
+        else:
+            labels = [self.label_thresholds[c] for c in CLASS_IDS]
+            rule = {"pixel_thresholds": self.pixel_threshold, "limits": self.limits}
+        labels = [float("inf") if off else label for label, off in zip(labels, never, strict=True)]
+        return {"label_thresholds": labels, "binary_threshold": self.binary_threshold, **rule}
+
+    def decide(self, defect, class_probs, mask_probs, *, gating: str | None = None, area_filter: bool | None = None,
+               searched: bool | None = None):
+        """``thresholds.cascade_masks`` with this cascade's thresholds: ``(masks, areas, codes)``."""
+        return thresholds.cascade_masks(
+            defect, class_probs, mask_probs, gating=gating or self.gating,
+            area_filter=self.area_filter if area_filter is None else area_filter, **self.rule(searched))
 
     def _run(self, model, images: np.ndarray, stage: str) -> np.ndarray:
         self.calls[stage] += len(images)
@@ -211,13 +242,12 @@ class Cascade:
         masks = np.zeros((n, *self.image_size, len(CLASS_IDS)), np.float32)
         if gating == "none":
             class_probs[:] = self._run(self.multilabel, small, "multilabel") if n else 0
-            segment = np.ones((n, len(CLASS_IDS)), bool)
+            segment = np.tile([c not in self.never_predicted for c in CLASS_IDS], (n, 1))
         else:
             defective = np.flatnonzero(defect >= self.binary_threshold)
             if defective.size:
                 class_probs[defective] = self._run(self.multilabel, small[defective], "multilabel")
-            label = np.array([self._thresholds(c)[0] for c in CLASS_IDS])
-            segment = np.nan_to_num(class_probs, nan=-1.0) >= label
+            segment = np.nan_to_num(class_probs, nan=-np.inf) >= np.asarray(self.rule()["label_thresholds"])
         if 0 in self.segmentation:
             rows = np.flatnonzero(segment.any(axis=1))
             if rows.size:
@@ -226,7 +256,7 @@ class Cascade:
         else:
             for k, class_id in enumerate(CLASS_IDS):
                 rows = np.flatnonzero(segment[:, k])
-                if rows.size:
+                if rows.size and class_id in self.segmentation:
                     masks[rows, :, :, k] = self._run(self.segmentation[class_id], small[rows], "segmentation")[..., 0]
         return defect, class_probs, masks, segment
 
@@ -267,41 +297,42 @@ class Cascade:
 
     def _result(self, pixels, defect_prob, class_probs, mask_probs, segmented) -> CascadeResult:
         height, width = pixels.shape[:2]
-        # Classes that were not segmented have empty masks: no resizing, thresholding or encoding for them (most
-        # images reach few classes; this is where the cascade saves time besides the models).
-        if segmented.any() and (height, width) != self.image_size:
-            mask_probs = cv2.resize(mask_probs, (width, height), interpolation=cv2.INTER_LINEAR)
-            mask_probs = mask_probs.reshape(height, width, -1)
-        masks = np.zeros((height, width, len(CLASS_IDS)), bool)
-        areas, rles, decisions = {}, {}, {}
+        # Classes that were not segmented have empty masks: no resizing or encoding for them (most images reach
+        # few classes; this is where the cascade saves time besides the models).
+        if (height, width) != self.image_size:
+            mask_probs = (cv2.resize(mask_probs, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+                          if segmented.any() else np.zeros((height, width, len(CLASS_IDS)), np.float32))
+        masks, areas, codes = self.decide(np.asarray([defect_prob]), class_probs[None], mask_probs[None])
+        masks, areas, codes = masks[0], areas[0], codes[0]
         scale = height * width / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+        limits = self.rule()["limits"]
+        decisions, rles = {}, {}
         for k, class_id in enumerate(CLASS_IDS):
-            _, pixel, (low, high) = self._thresholds(class_id)
-            mask = mask_probs[:, :, k] >= pixel if segmented[k] else None
-            areas[class_id] = int(mask.sum()) if mask is not None else 0
+            decisions[class_id] = _decision_text(codes[k], areas[k] / scale, limits[class_id])
+            if class_id in self.never_predicted:
+                decisions[class_id] = f"dropped: never predicted ({self.never_predicted[class_id]})"
             rles[class_id] = ""
-            if self.gating == "paper" and defect_prob < self.binary_threshold:
-                decisions[class_id] = NO_DEFECT
-            elif not segmented[k]:
-                decisions[class_id] = ABSENT
-            elif areas[class_id] == 0:
-                decisions[class_id] = EMPTY
-            elif self.area_filter and not low * scale <= areas[class_id] <= high * scale:
-                decisions[class_id] = (f"dropped: area {areas[class_id] / scale:.0f} px (at 256x1600) outside "
-                                       f"[{low:.0f}, {high:.0f}]")
-            else:
-                decisions[class_id] = KEPT
-                masks[:, :, k] = mask
-                full = mask
+            if codes[k] == thresholds.KEPT:
+                full = masks[:, :, k]
                 if (height, width) != IMAGE_SHAPE:
-                    full = cv2.resize(mask.astype(np.uint8), IMAGE_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
+                    full = cv2.resize(full.astype(np.uint8), IMAGE_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
                 rles[class_id] = rle.encode(full)
+        areas = {c: int(areas[k]) if segmented[k] else 0 for k, c in enumerate(CLASS_IDS)}
         return CascadeResult(masks, float(defect_prob), class_probs.astype(np.float32), areas, rles, decisions)
+
+
+def _decision_text(code: int, full_area: float, limits: tuple[float, float]) -> str:
+    """Why a class was kept or dropped, from its ``thresholds.decide`` code (area at 256x1600)."""
+    if code == thresholds.OUT_OF_RANGE:
+        low, high = limits
+        return f"dropped: area {full_area:.0f} px (at 256x1600) outside [{low:.0f}, {high:.0f}]"
+    return {thresholds.NO_DEFECT: NO_DEFECT, thresholds.ABSENT: ABSENT, thresholds.EMPTY: EMPTY,
+            thresholds.KEPT: KEPT}[int(code)]
 
 
 # ----- the default cascade and module-level helpers
 
-_default: Cascade | None = None
+_default: tuple[Path, Cascade] | None = None  # (its resolved cascade.json, the cascade)
 
 
 def default_cascade_path() -> Path:
@@ -319,13 +350,19 @@ def default_cascade_path() -> Path:
     )
 
 
+def _spec_path(path: str | Path) -> Path:
+    """A run directory's or bundle's ``cascade.json``, given the folder or the file itself."""
+    path = Path(path)
+    return path if path.suffix == ".json" else path / CASCADE_FILE
+
+
 def load_default() -> Cascade:
-    """The default cascade, loaded once per process."""
+    """The default cascade, loaded once per process (and again only when its path changes)."""
     global _default
-    path = default_cascade_path()
-    if _default is None or _default.source != Path(path).resolve():
-        _default = Cascade.load(path)
-    return _default
+    spec_path = _spec_path(default_cascade_path()).resolve()
+    if _default is None or _default[0] != spec_path:
+        _default = (spec_path, Cascade.load(spec_path))
+    return _default[1]
 
 
 def predict(image, cascade: Cascade | None = None) -> CascadeResult:
@@ -356,37 +393,66 @@ def _submission_format(images_dir: Path) -> str:
     return "2020"
 
 
+def iter_predict(paths: Sequence[str | Path], cascade: Cascade | None = None, *, batch_size: int = 16
+                 ) -> Iterator[tuple[Path, CascadeResult | None, str | None]]:
+    """Predict image files in batches, yielding ``(path, result, None)`` per image, or ``(path, None, error)`` for
+    a file that cannot be read (missing, not an image, a truncated JPEG): a bad file never stops the others."""
+    cascade = cascade or load_default()
+    paths = [Path(p) for p in paths]
+    for start in range(0, len(paths), batch_size):
+        readable = []
+        for path in paths[start : start + batch_size]:
+            try:
+                readable.append((path, _read_image(path)))
+            except (OSError, ValueError) as err:
+                log.warning("%s", err)
+                yield path, None, str(err)
+        results = cascade.predict_batch([pixels for _, pixels in readable])
+        for (path, _), result in zip(readable, results, strict=True):
+            yield path, result, None
+
+
+def submission_frame(rows: Sequence[tuple[str, int, str]], submission_format: str = "2020") -> pd.DataFrame:
+    """``(ImageId, ClassId, EncodedPixels)`` rows → a Kaggle submission: 2020 ``ImageId,EncodedPixels,ClassId`` or
+    2019 ``ImageId_ClassId,EncodedPixels``."""
+    if submission_format == "2019":
+        return pd.DataFrame({"ImageId_ClassId": [f"{n}_{c}" for n, c, _ in rows],
+                             "EncodedPixels": [r for _, _, r in rows]})
+    if submission_format != "2020":
+        raise ValueError(f"submission_format must be '2019' or '2020', got {submission_format!r}")
+    return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])[["ImageId", "EncodedPixels", "ClassId"]]
+
+
 def predict_dir(images_dir: str | Path, cascade: Cascade | None = None, *, submission_format: str | None = None,
                 batch_size: int = 16) -> pd.DataFrame:
     """Predict every ``.jpg`` in a folder → a DataFrame in the Kaggle submission format, 4 rows per image.
 
     The format follows ``sample_submission.csv`` beside the folder when present (2019:
-    ``ImageId_ClassId,EncodedPixels``), else 2020: ``ImageId,EncodedPixels,ClassId``.
+    ``ImageId_ClassId,EncodedPixels``), else 2020: ``ImageId,EncodedPixels,ClassId``. A file that cannot be read
+    is reported (a logged warning) and left out; ``df.attrs["skipped"]`` maps its name to the reason.
     """
     images_dir = Path(images_dir)
     cascade = cascade or load_default()
-    names = sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() == ".jpg")
-    if not names:
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() == ".jpg")
+    if not paths:
         raise FileNotFoundError(f"{images_dir}: no .jpg images to predict")
-    submission_format = submission_format or _submission_format(images_dir)
-    rows = []
-    with tqdm(total=len(names), desc="predict", unit="img") as bar:
-        for start in range(0, len(names), batch_size):
-            chunk = names[start : start + batch_size]
-            for name, result in zip(chunk, cascade.predict_batch([images_dir / n for n in chunk]), strict=True):
-                rows.extend((name, c, result.rles[c]) for c in CLASS_IDS)
-            bar.update(len(chunk))
-    if submission_format == "2019":
-        return pd.DataFrame({"ImageId_ClassId": [f"{n}_{c}" for n, c, _ in rows],
-                             "EncodedPixels": [r for _, _, r in rows]})
-    return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])[["ImageId", "EncodedPixels", "ClassId"]]
+    rows, skipped = [], {}
+    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+        for path, result, error in iter_predict(paths, cascade, batch_size=batch_size):
+            if result is None:
+                skipped[path.name] = error
+            else:
+                rows.extend((path.name, c, result.rles[c]) for c in CLASS_IDS)
+            bar.update(1)
+    df = submission_frame(rows, submission_format or _submission_format(images_dir))
+    df.attrs["skipped"] = skipped
+    return df
 
 
 def write_submission(df: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return path
+    return runfiles.write_text(path, df.to_csv(index=False))
 
 
 def overlay(image, masks: np.ndarray, alpha: float = 0.35) -> np.ndarray:
@@ -420,25 +486,15 @@ def evaluate_cascade(cascade: Cascade, table: pd.DataFrame, images_dir: str | Pa
     dice = {name: [] for name in variants}
     confusion = {name: np.zeros((len(CLASS_IDS), 4), np.int64) for name in variants}  # tp, fp, fn, tn
     size = cascade.image_size
-    factor = size[0] * size[1] / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
     dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=size, batch_size=batch_size)
-    # gating="none" runs every model on every image; the gated variants are derived from the same outputs.
+    # gating="none" runs every model on every image; the gated variants are derived from the same outputs by the
+    # cascade's one decision rule (thresholds.cascade_masks), the code that predict runs.
     for images, truth in dataset:
         small, truth = images.numpy(), truth.numpy().astype(bool)
         defect, class_probs, mask_probs, _ = cascade.probabilities(small, gating="none")
         for name, (gating, area_filter, searched) in variants.items():
-            pred = np.zeros_like(truth)
-            for k, class_id in enumerate(CLASS_IDS):
-                label, pixel, (low, high) = cascade._thresholds(class_id, searched)
-                low, high = low * factor, high * factor
-                mask = mask_probs[..., k] >= pixel
-                keep = np.ones(len(small), bool)
-                if gating == "paper":
-                    keep &= (defect >= cascade.binary_threshold) & (class_probs[:, k] >= label)
-                if area_filter:
-                    area = mask.sum(axis=(1, 2))
-                    keep &= (area >= low) & (area <= high)
-                pred[..., k] = mask & keep[:, None, None]
+            pred, _, _ = cascade.decide(defect, class_probs, mask_probs, gating=gating, area_filter=area_filter,
+                                        searched=searched)
             dice[name].append(metrics.kaggle_dice_per_pair(pred, truth))
             has_pred, has_true = pred.any(axis=(1, 2)), truth.any(axis=(1, 2))
             confusion[name] += np.stack([(has_pred & has_true).sum(0), (has_pred & ~has_true).sum(0),
@@ -473,7 +529,9 @@ def true_masks(row: pd.Series) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m steeldefect.cascade --run RUN_DIR IMAGE_OR_DIR... [--submission out.csv] [--overlays DIR]``."""
+    """``python -m steeldefect.cascade --run RUN_DIR IMAGE_OR_DIR... [--submission out.csv] [--overlays DIR]``.
+
+    An image that cannot be read is reported and the others predicted; the exit code is then 1 (2: no cascade)."""
     parser = argparse.ArgumentParser(prog="python -m steeldefect.cascade",
                                      description="Predict steel defects with a trained cascade.")
     parser.add_argument("--run", type=Path, default=None,
@@ -482,11 +540,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission", type=Path, help="write a Kaggle submission CSV here")
     parser.add_argument("--overlays", type=Path, help="write an overlay PNG per image into this folder")
     parser.add_argument("--searched", action="store_true", help="use the thresholds searched on validation")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         cascade = Cascade.load(args.run or default_cascade_path(), use_searched=args.searched)
-    except CascadeError as err:
+    except (runfiles.RunFileError, FileNotFoundError) as err:  # CascadeError is a RunFileError
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
     paths = []
@@ -500,13 +561,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=len(paths) < 2):
-        try:
-            result = cascade.predict(path)
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    rows, failed = [], []
+    for path, result, error in tqdm(iter_predict(paths, cascade), total=len(paths), desc="predict", unit="img",
+                                    disable=len(paths) < 2):
+        if result is None:
+            print(f"error: {error}", file=sys.stderr)
+            failed.append(path.name)
+            continue
         kept = ", ".join(f"class {c} ({result.areas[c]} px)" for c in result.classes) or "no defect"
         print(f"{path.name}: defect p={result.defect_prob:.2f}; {kept}")
         rows.extend((path.name, c, result.rles[c]) for c in CLASS_IDS)
@@ -514,9 +575,13 @@ def main(argv: list[str] | None = None) -> int:
             picture = overlay(path, result.masks)
             cv2.imwrite(str(args.overlays / f"{path.stem}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     if args.submission:
-        df = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])[["ImageId", "EncodedPixels", "ClassId"]]
+        df = submission_frame(rows)
         write_submission(df, args.submission)
-        print(f"submission: {args.submission} ({len(df)} rows)")
+        print(f"submission: {args.submission} ({len(df)} rows, {len(df) // len(CLASS_IDS)} images)")
+    if failed:
+        print(f"error: {len(failed)} of {len(paths)} images could not be read and were not predicted: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

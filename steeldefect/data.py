@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from . import rle
@@ -247,6 +250,44 @@ def load_table(
     return (table, skipped) if on_error == "skip" else table
 
 
+def _image_problem(path: Path, shape: tuple[int, int]) -> str | None:
+    """What is wrong with one image file for training, or None: unreadable, not a JPEG that decodes to its end,
+    or not ``shape`` (the masks' size)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            kind = image.format
+        encoded = np.fromfile(path, np.uint8)
+    except (OSError, UnidentifiedImageError) as err:
+        return f"not a readable image ({type(err).__name__}: {err})"
+    if kind != "JPEG":
+        return f"a {kind} image, expected a JPEG"
+    # An eighth-size decode reads the whole entropy-coded stream (a truncated or corrupt file fails) at a quarter
+    # of a full decode's cost.
+    if cv2.imdecode(encoded, cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+        return "a JPEG that does not decode (corrupt or truncated)"
+    if (height, width) != tuple(shape):
+        return f"{width}x{height} pixels, expected {shape[1]}x{shape[0]} (the size the masks in train.csv refer to)"
+    return None
+
+
+def check_images(images_dir: str | Path, image_ids, *, shape: tuple[int, int] = IMAGE_SHAPE,
+                 workers: int = 4) -> dict[str, str]:
+    """``{image_id: what is wrong}`` for the images that training could not use: a file that is missing, does not
+    decode to its end (e.g. truncated) or is not ``shape``. Checked before any training, so that a bad file is
+    named up front instead of ending a run inside ``fit`` with TensorFlow's ``jpeg::Uncompress failed``.
+
+    Example:
+        >>> check_images("data/synthetic-48/train_images", table["ImageId"])
+        {}
+    """
+    images_dir = Path(images_dir)
+    image_ids = list(image_ids)
+    with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL while it decodes
+        problems = pool.map(lambda image_id: _image_problem(images_dir / image_id, shape), image_ids)
+        return {image_id: problem for image_id, problem in zip(image_ids, problems, strict=True) if problem}
+
+
 def class_labels(table: pd.DataFrame) -> np.ndarray:
     """``(n_images, 4)`` uint8: 1 where the image has class ``c`` (channel ``c - 1``)."""
     return (table[list(DEFECT_COLUMNS)] != "").to_numpy(np.uint8)
@@ -285,12 +326,14 @@ def _split(ids: np.ndarray, strata: np.ndarray, size: float, seed: int) -> tuple
 
 
 def split_table(
-    table: pd.DataFrame, test_size: float = TEST_SIZE, val_size: float = VAL_SIZE, seed: int = SPLIT_SEED
+    table: pd.DataFrame, test_size: float = TEST_SIZE, val_size: float = VAL_SIZE, seed: int = SPLIT_SEED, *,
+    keep_every_class: bool = True,
 ) -> pd.DataFrame:
     """Add ``split`` ∈ {train, val, test}: test first, then validation from the rest, stratified and seeded.
 
     Reproduces the paper's Section 4 (12,568 images → 9,048 / 2,263 / 1,257) with the source pipeline's
-    stratum (``stratify_labels``) and ``random_state``. The same table and seed give the same split.
+    stratum (``stratify_labels``) and ``random_state``. The same table and seed give the same split. With
+    ``keep_every_class`` a class the split left without a training image gets one (``keep_classes_in_train``).
     """
     if len(table) < 3:
         raise DataError(f"a train/validation/test split needs at least 3 images, got {len(table)}")
@@ -301,7 +344,34 @@ def split_table(
     train, val = _split(rest, strata[rest], val_size, seed)
     split = np.empty(len(table), object)
     split[train], split[val], split[test] = "train", "val", "test"
-    return table.assign(split=split)
+    table = table.assign(split=split)
+    return keep_classes_in_train(table)[0] if keep_every_class else table
+
+
+def keep_classes_in_train(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Move one image into ``train`` for each class that has images but none in ``train`` (validation first,
+    then test), so that every class present can be learned. On the Kaggle data no class is ever short of training
+    images and nothing moves; a small folder (a subset, a plant's own images) needs it.
+
+    Returns:
+        The table and the moves, ``[{"ImageId", "class_id", "from"}]``.
+    """
+    labels = class_labels(table)
+    split = table["split"].to_numpy(object).copy()
+    moved = []
+    for k, class_id in enumerate(CLASS_IDS):
+        has = labels[:, k] == 1
+        if not has.any() or (has & (split == "train")).any():
+            continue
+        for source in ("val", "test"):
+            found = np.flatnonzero(has & (split == source))
+            if found.size:
+                split[found[0]] = "train"
+                moved.append({"ImageId": table["ImageId"].iloc[found[0]], "class_id": class_id, "from": source})
+                log.warning("split: class %d had no training image; moved %s from %s to train", class_id,
+                            moved[-1]["ImageId"], source)
+                break
+    return table.assign(split=split), moved
 
 
 def examples(table: pd.DataFrame, n: int = 4) -> pd.DataFrame:

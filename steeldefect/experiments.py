@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 
-from . import quiet_tensorflow
+from . import __version__, quiet_tensorflow, runfiles
 
 try:
     import fcntl
@@ -31,18 +33,22 @@ except ImportError:  # Windows: no advisory locks, one process per run directory
     fcntl = None
 from .config import (
     BACKBONES,
+    CLASS_IDS,
     CLASSIFICATION_STAGES,
     MULTILABEL_POS_WEIGHTS,
     PROFILES,
     SPLIT_SEED,
     STAGE1_ENCODER,
     STEP_COST_MS,
+    TrainConfig,
 )
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
 RUNS_DIR = Path("runs")
 STOP_AFTER_ENV = "STEELDEFECT_STOP_AFTER_STAGES"  # test hook: exit as if interrupted after N trained stages
-LOCK_FILE = "run.lock"
+LOCK_FILE = runfiles.LOCK_FILE
+PLAN_FILE = "data_plan.json"  # what each stage gets on the run's data, decided before training (data_plan)
+MIN_TWIN_IMAGES = 10  # fewer cannot be split into train, validation and test with every stage fed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,9 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--twin-images", type=int, help="size of the synthetic twin (default: the profile's)")
     parser.add_argument("--twin-root", type=Path, default=DATA_DIR,
                         help="folder the synthetic twin is written under, as synthetic-N/ (default: data/)")
-    parser.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+    parser.add_argument("--fresh", action="store_true",
+                        help="empty the run directory and start over (only a steeldefect run directory, or an empty "
+                             "one: a folder of other files is never deleted)")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures, no training")
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's logs and warnings")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="train without the images of --data-dir that cannot be used (truncated, corrupt, another "
+                             "size); they are listed in the run's report. Without it such an image stops the command")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's logs and warnings, and the traceback of an error")
     return parser
 
 
@@ -139,9 +151,9 @@ def _settings(args, profile) -> dict:
         "backbones": list(args.backbones or profile.backbones),
         "stages": list(profile.stages()),
         "image_size": list(image_size),
-        "classifier_epochs": args.epochs or profile.classifier_epochs,
-        "segmentation_epochs": args.epochs or profile.segmentation_epochs,
-        "batch_size": args.batch_size or profile.batch_size,
+        "classifier_epochs": profile.classifier_epochs if args.epochs is None else args.epochs,
+        "segmentation_epochs": profile.segmentation_epochs if args.epochs is None else args.epochs,
+        "batch_size": profile.batch_size if args.batch_size is None else args.batch_size,
         "learning_rate": profile.learning_rate,
         "segmentation_loss": profile.segmentation_loss,
         "multilabel_pos_weight": None if args.multilabel_pos_weight == "none" else args.multilabel_pos_weight,
@@ -153,8 +165,8 @@ def _settings(args, profile) -> dict:
     }
 
 
-def _train_config(settings: dict, stage: str):
-    from .config import TrainConfig, starts_from_scratch
+def _train_config(settings: dict, stage: str) -> TrainConfig:
+    from .config import starts_from_scratch
 
     epochs = settings["classifier_epochs"] if _kind(stage) == "classifier" else settings["segmentation_epochs"]
     return TrainConfig(
@@ -166,81 +178,159 @@ def _train_config(settings: dict, stage: str):
     )
 
 
+def _train_configs(settings: dict) -> dict[str, dict]:
+    """Every stage's resolved TrainConfig as JSON-ready data (the same for each backbone), for config.json."""
+    return {stage: {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in dataclasses.asdict(_train_config(settings, stage)).items()}
+            for stage in settings["stages"]}
+
+
+def check_args(args) -> None:
+    """Reject bad options with one line naming the option and what was expected, before anything is written."""
+    def fail(message: str):
+        raise SystemExit(f"error: {message}")
+
+    for backbone in args.backbones or ():
+        if backbone not in BACKBONES:
+            fail(f"--backbones: unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    if args.backbones and len(set(args.backbones)) != len(args.backbones):
+        fail(f"--backbones: {' '.join(args.backbones)} names a backbone twice")
+    if args.image_size is not None:
+        height, width = args.image_size
+        if height < 32 or width < 32 or height % 32 or width % 32:
+            fail(f"--image-size: {height} {width} is not a valid model input; height and width must be positive "
+                 "multiples of 32 (the UNet halves them five times), e.g. 64 320, 128 800 or 256 1600")
+    for option, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                                 ("--twin-images", args.twin_images, MIN_TWIN_IMAGES)):
+        if value is not None and value < least:
+            fail(f"{option}: {value} is too small; expected an integer >= {least}")
+    weights = args.encoder_weights
+    if weights is not None and weights.lower() not in ("imagenet", "none", STAGE1_ENCODER) \
+            and not Path(weights).is_file():
+        fail(f"--encoder-weights: {weights!r} is neither imagenet, none, {STAGE1_ENCODER} nor an existing weights file")
+    if args.report_only and args.fresh:
+        fail("--report-only rebuilds a run's report from its files and --fresh deletes them: use one of the two")
+    if args.data_dir is not None and (args.twin_images is not None or args.twin_root != DATA_DIR):
+        fail("--twin-images and --twin-root choose the synthetic twin, which --data-dir replaces: drop one of them")
+    if args.profile == "paper" and args.data_dir is None:
+        fail("the paper profile runs on the Kaggle data: pass --data-dir (see data/README.md)")
+
+
+def _data_fingerprint(data_dir: Path, table) -> dict:
+    """What identifies the data a run was trained on: its train.csv's bytes and its images."""
+    digest = hashlib.sha256((Path(data_dir) / "train.csv").read_bytes()).hexdigest()
+    return {"train_csv_sha256": digest, "n_images": len(table)}
+
+
+def _describe(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _prepare_run(args, run_dir: Path, settings: dict) -> dict:
-    """Write config.json once; a rerun must match it (else --fresh)."""
-    config_path = run_dir / "config.json"
+    """Write config.json once, with the run's mark; a rerun must match it (else --fresh or another --run-dir)."""
+    config_path = run_dir / runfiles.CONFIG_FILE
     if config_path.is_file():
-        saved = json.loads(config_path.read_text())
+        saved = runfiles.read_json(config_path)
         differing = [k for k, v in settings.items() if saved.get(k) != v]
         if differing:
+            changes = "; ".join(f"{k}: {_describe(saved.get(k))} there, {_describe(settings[k])} now" for k in differing)
             raise SystemExit(
-                f"error: {run_dir} holds a run with other settings ({', '.join(differing)}); use --fresh to start "
-                "over or --run-dir for a new run"
+                f"error: {run_dir} holds a run made with other settings ({changes}). Resume it with the command "
+                "and data that made it, start it over with --fresh, or choose a new --run-dir"
             )
         return saved
     run_dir.mkdir(parents=True, exist_ok=True)
     import keras
     import tensorflow as tf
 
-    config = dict(settings)
-    config["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config = {runfiles.MARK_KEY: runfiles.run_marker(), **settings}
+    config["versions"] = {"steeldefect": __version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+    runfiles.write_json(config_path, config)
     return config
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold ``run_dir/run.lock`` (an advisory ``flock``, freed by the system when the process ends) while a run
-    trains: a second process on the same run directory would train the same stages into the same files."""
+    trains: a second process on the same run directory would train the same stages into the same files. A run
+    directory this call created and that is still empty at the end is removed (a rejected command leaves none)."""
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    if fcntl is None:
-        yield
-        return
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise SystemExit(f"error: {run_dir} is in use by {holder}; wait for it to end or stop it (one process per "
-                             "run directory; --run-dir starts another run)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        try:
+    try:
+        if fcntl is None:
             yield
-        finally:
-            path.unlink(missing_ok=True)
+            return
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise SystemExit(f"error: {run_dir} is in use by {holder}; wait for it to end or stop it (one process "
+                                 "per run directory; --run-dir starts another run)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+    finally:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def run(args) -> int:
     from . import report
 
     start = time.time()
+    check_args(args)
     profile = PROFILES[args.profile]
     run_dir = args.run_dir or RUNS_DIR / profile.name
     if args.report_only:
+        if not runfiles.is_run_dir(run_dir):
+            raise SystemExit(f"error: {run_dir} is not a steeldefect run directory (no {runfiles.CONFIG_FILE} with "
+                             "its mark): nothing to report")
         results = report.build_report(run_dir)
         print(f"report rebuilt from {run_dir}: {run_dir / 'report.md'}")
         return 0 if results else 1
-    if profile.name == "paper" and args.data_dir is None:
-        raise SystemExit("error: the paper profile runs on the Kaggle data: pass --data-dir (see data/README.md)")
+    foreign = runfiles.foreign_entries(run_dir)
+    if foreign:  # never write into, let alone empty, a folder of the user's
+        raise SystemExit(f"error: {run_dir} is not a steeldefect run directory and holds {runfiles.listing(foreign)}; "
+                         "nothing was deleted or written there. Choose another --run-dir (a new or empty folder)")
+    # The data folder's layout, annotations and images are checked before anything is written.
+    loaded = None if args.data_dir is None else _load_data(args.data_dir, args.skip_bad_images)
     with run_lock(run_dir):
         if args.fresh:
-            for child in run_dir.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                elif child.name != LOCK_FILE:
-                    child.unlink()
-        return _train_and_report(args, run_dir, profile, start)
+            runfiles.empty_run_dir(run_dir)
+        return _train_and_report(args, run_dir, profile, start, loaded)
 
 
-def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
+def _load_data(data_dir: Path, skip_bad_images: bool):
+    """The table of a Kaggle-layout folder and its bad images ``{ImageId: problem}``; a bad image stops the command
+    with one line per file, unless ``skip_bad_images`` leaves it out (reported, and listed in the run)."""
+    from . import data
+
+    table = data.load_table(data_dir)
+    images_dir = Path(data_dir) / "train_images"
+    bad = data.check_images(images_dir, table["ImageId"])
+    if bad and not skip_bad_images:
+        for image_id, problem in bad.items():
+            print(f"error: {images_dir / image_id}: {problem}", file=sys.stderr)
+        raise SystemExit(f"error: {len(bad)} of {len(table)} images in {images_dir} cannot be used (above); fix or "
+                         "remove them, or pass --skip-bad-images to train without them")
+    if bad:
+        print(f"data: skipping {len(bad)} bad image(s) (--skip-bad-images): {', '.join(bad)}")
+        table = table[~table["ImageId"].isin(list(bad))].reset_index(drop=True)
+    return table, bad
+
+
+def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -> int:
     from . import cascade as cascade_lib
     from . import data, report, synthetic, thresholds, training
-    from .cascade import Cascade
 
     data_dir, is_synthetic = args.data_dir, args.data_dir is None
     if is_synthetic:
@@ -250,37 +340,46 @@ def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
         synthetic.make_synthetic_severstal(data_dir, n_images, seed=0)
     else:
         is_synthetic = synthetic.is_twin(data_dir)  # a twin passed by --data-dir is still the twin
+    table, bad_images = loaded if loaded is not None else (data.load_table(data_dir), {})
     settings = _settings(args, profile)
-    settings.update({"data_dir": str(Path(data_dir).resolve()), "synthetic": is_synthetic})
+    settings.update({"data_dir": str(Path(data_dir).resolve()), "synthetic": is_synthetic,
+                     "twin_version": synthetic.twin_version(data_dir) if is_synthetic else None,
+                     "data": _data_fingerprint(data_dir, table), "train_configs": _train_configs(settings)})
     config = _prepare_run(args, run_dir, settings)
 
-    table = data.load_table(data_dir)
-    splits_path = run_dir / "splits.csv"
+    splits_path, plan_path = run_dir / "splits.csv", run_dir / PLAN_FILE
     if splits_path.is_file():
         try:
             table = data.with_split(table, splits_path)
         except data.DataError as err:
             raise SystemExit(f"error: {err} ({data_dir}); use --fresh") from err
+        moved = runfiles.read_json(plan_path)["moved_to_train"] if plan_path.is_file() else []
     else:
-        table = data.split_table(table, seed=config["seed"])
-        table[["ImageId", "split"]].to_csv(splits_path, index=False)
+        table, moved = data.keep_classes_in_train(data.split_table(table, seed=config["seed"], keep_every_class=False))
+        runfiles.write_text(splits_path, table[["ImageId", "split"]].to_csv(index=False))
+    # Decided before any training: what each stage gets on this data (a small folder may leave a stage without
+    # validation images, or a class without training images), written into the run and its report.
+    plan = data_plan(table, config["stages"], moved=moved, bad_images=bad_images)
+    runfiles.write_json(plan_path, plan)
     stats = data.dataset_stats(table[table["split"] == "train"])
     all_stats = data.dataset_stats(table)
-    (run_dir / "dataset_stats.json").write_text(json.dumps({
+    runfiles.write_json(run_dir / "dataset_stats.json", {
         "n_images": all_stats.n_images, "rows_per_class": all_stats.rows_per_class,
         "images_by_n_classes": all_stats.images_by_n_classes,
         "areas": {c: stats.areas[c].tolist() for c in stats.areas},
         "split_sizes": table["split"].value_counts().to_dict(),
-    }) + "\n")
+    }, indent=None)
     limits = thresholds.area_thresholds(table)
-    (run_dir / "thresholds.json").write_text(json.dumps({
+    runfiles.write_json(run_dir / "thresholds.json", {
         "limits": {str(c): list(v) for c, v in limits.items()},
         "source": "2nd/98th percentiles of the training masks' areas (paper, Section 3.5)",
         "paper": {str(c): list(v) for c, v in thresholds.area_thresholds(None).items()},
-    }, indent=2) + "\n")
+    })
     print(f"run: {run_dir} · profile {profile.name} · {len(table)} images "
           f"(train {int((table['split'] == 'train').sum())}, val {int((table['split'] == 'val').sum())}, "
           f"test {int((table['split'] == 'test').sum())}) · image size {config['image_size'][0]}x{config['image_size'][1]}")
+    for line in report.plan_lines(plan):
+        print(f"data: {line}")
 
     images_dir = Path(data_dir) / "train_images"
     jobs = []
@@ -305,6 +404,11 @@ def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
               f"{_duration(time.time() - start)}{eta}", flush=True)
         if done:
             continue
+        reason = plan["stages"][stage]["not_trainable"]
+        if reason:
+            training.record_not_trainable(run_dir, backbone, stage, reason)
+            print(f"    not trainable: {reason}")
+            continue
         training.train_stage(run_dir, backbone, stage, train_config, table=table, images_dir=images_dir,
                              verbose=2 if not sys.stdout.isatty() else "auto")
         trained += 1
@@ -313,71 +417,122 @@ def _train_and_report(args, run_dir: Path, profile, start: float) -> int:
             return 130
 
     final_start = time.time()
-    print("cascade: choosing each stage's backbone on the validation split", flush=True)
-    choice = _choose_cascade(run_dir, config)
-    (run_dir / "cascade.json").write_text(json.dumps(choice, indent=2) + "\n")
-    cascade = Cascade.load(run_dir)
-    val_outputs = cascade_lib.validation_outputs(cascade, table, images_dir, "val")
-    defect, class_probs, mask_probs, truth = val_outputs
-    choice["searched"] = {str(c): v for c, v in thresholds.search_thresholds(
-        class_probs, mask_probs.astype("float32"), truth, defect_probs=defect).items()}
-    (run_dir / "cascade.json").write_text(json.dumps(choice, indent=2) + "\n")
-    cascade = Cascade.load(run_dir)
-    print("cascade: evaluating on the test split", flush=True)
-    evaluation = cascade_lib.evaluate_cascade(cascade, table, images_dir, "test")
-    (run_dir / "cascade_eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    _overlays(cascade, table, images_dir, run_dir / "figures")
+    evaluation = _build_cascade(run_dir, config, plan, table, images_dir)
     stage_times = {f"{b}/{s}": training.stage_seconds(run_dir, b, s) for b, s, *_ in jobs}
     final = time.time() - final_start
     total = sum(v for v in stage_times.values() if v is not None) + final
-    (run_dir / "timing.json").write_text(json.dumps({
+    runfiles.write_json(run_dir / "timing.json", {
         "total_s": total,  # every stage's recorded time (over all attempts) + the final steps of this process
         "stages_s": stage_times,  # None: not recorded (trained by a version that did not time stages)
         "final_s": final,  # choosing and evaluating the cascade, overlays
         "this_process_s": time.time() - start,
         "stages_trained": trained,  # by this process
-    }, indent=2) + "\n")
+    })
     report.build_report(run_dir)
     cascade_lib.RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    (cascade_lib.RUNS_DIR / cascade_lib.LATEST_FILE).write_text(str(run_dir.resolve()) + "\n")
-    dice = {name: variant["kaggle_mean_dice"] for name, variant in evaluation["variants"].items()}
-    searched = f", {dice['searched thresholds']:.4f} with thresholds searched on validation" \
-        if "searched thresholds" in dice else ""
-    print(f"done in {_duration(total)}{report.untimed_note(stage_times)}: cascade Kaggle mean Dice on test "
-          f"{dice['paper cascade']:.4f} (paper's rule){searched}; report {run_dir / 'report.md'}")
+    runfiles.write_text(cascade_lib.RUNS_DIR / cascade_lib.LATEST_FILE, str(run_dir.resolve()) + "\n")
+    if evaluation is not None:
+        dice = {name: variant["kaggle_mean_dice"] for name, variant in evaluation["variants"].items()}
+        searched = f", {dice['searched thresholds']:.4f} with thresholds searched on validation" \
+            if "searched thresholds" in dice else ""
+        outcome = f"cascade Kaggle mean Dice on test {dice['paper cascade']:.4f} (paper's rule){searched}"
+    else:
+        outcome = "no cascade evaluated (see the data lines above)"
+    print(f"done in {_duration(total)}{report.untimed_note(stage_times)}: {outcome}; report {run_dir / 'report.md'}")
+    if evaluation is not None:
+        print("use it: steeldefect.cascade.predict(image) (this run is now the default cascade)")
     print((run_dir / "tables" / "table7.md").read_text())
     return 0
 
 
+def data_plan(table, stages, *, moved=(), bad_images=None) -> dict:
+    """What each stage gets on this data, decided before training: its images per split and, where it has none to
+    train on, why it is not trainable; the classes the cascade will never predict (no training image); the images
+    moved into train (``data.keep_classes_in_train``) and the bad images left out (``--skip-bad-images``)."""
+    from . import data, report, training
+
+    plan = {"stages": {}, "never_predicted": {}, "moved_to_train": list(moved), "bad_images": dict(bad_images or {})}
+    for stage in stages:
+        counts = training.stage_counts(table, stage)
+        plan["stages"][stage] = {**counts, "not_trainable": None if counts["train"] else
+                                 f"no training image for stage {stage} ({report.counts_text(counts)})"}
+    train = table[table["split"] == "train"]
+    labels, all_labels = data.class_labels(train).sum(axis=0), data.class_labels(table).sum(axis=0)
+    for k, class_id in enumerate(CLASS_IDS):
+        if not labels[k]:
+            plan["never_predicted"][str(class_id)] = (f"no training image of class {class_id} "
+                                                     f"({int(all_labels[k])} in the whole data)")
+    return plan
+
+
+def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: Path) -> dict | None:
+    """Choose each stage's backbone on validation, search thresholds, evaluate on test, draw overlays; the test
+    evaluation, or None where the data leaves no cascade to build or no test image to evaluate it on."""
+    from . import cascade as cascade_lib
+    from . import thresholds
+    from .cascade import Cascade
+
+    if any(plan["stages"][s]["not_trainable"] for s in CLASSIFICATION_STAGES) or all(
+            plan["stages"][s]["not_trainable"] for s in config["stages"] if s not in CLASSIFICATION_STAGES):
+        print("cascade: not built, a stage it needs has no training image (see the data lines above)")
+        return None
+    print("cascade: choosing each stage's backbone on the validation split", flush=True)
+    choice = _choose_cascade(run_dir, config)
+    choice["never_predicted"] = plan["never_predicted"]
+    runfiles.write_json(run_dir / "cascade.json", choice)
+    cascade = Cascade.load(run_dir)
+    if (table["split"] == "val").any():
+        defect, class_probs, mask_probs, truth = cascade_lib.validation_outputs(cascade, table, images_dir, "val")
+        choice["searched"] = {str(c): v for c, v in thresholds.search_thresholds(
+            class_probs, mask_probs.astype("float32"), truth, defect_probs=defect).items()}
+        runfiles.write_json(run_dir / "cascade.json", choice)
+        cascade = Cascade.load(run_dir)
+    else:
+        print("cascade: no validation image, so no thresholds searched (the paper's rule only)")
+    if not (table["split"] == "test").any():
+        print("cascade: no test image, so no test evaluation")
+        return None
+    print("cascade: evaluating on the test split", flush=True)
+    evaluation = cascade_lib.evaluate_cascade(cascade, table, images_dir, "test")
+    runfiles.write_json(run_dir / "cascade_eval.json", evaluation)
+    _overlays(cascade, table, images_dir, run_dir / "figures")
+    return evaluation
+
+
 def _choose_cascade(run_dir: Path, config: dict) -> dict:
-    """Per stage, the backbone with the best validation value: lowest BCE (classifiers), highest Dice (UNets)."""
+    """Per stage, the backbone with the best validation value: lowest BCE (classifiers), highest Dice (UNets);
+    among the backbones that trained it (the first of them where no validation value exists). A segmentation stage
+    that no backbone could train is left out: the cascade never predicts its class."""
     from . import training
 
-    def metric(backbone, stage, key):
-        found = json.loads((training.stage_dir(run_dir, backbone, stage) / "metrics.json").read_text())
-        return found["val"][key] if found.get("val") else None
+    def metrics_of(backbone, stage):
+        return runfiles.read_json(training.stage_dir(run_dir, backbone, stage) / "metrics.json").get("val") or {}
 
-    backbones = config["backbones"]
+    def val_dice(backbone, stage):
+        found = metrics_of(backbone, stage)
+        if stage != "joint":
+            return found.get("dice_coef")
+        values = [v["dice_coef"] for v in found.values() if v and v["dice_coef"] is not None]
+        return sum(values) / len(values) if values else None
+
     choice: dict = {"image_size": config["image_size"]}
-    for stage in CLASSIFICATION_STAGES:
-        scores = [(metric(b, stage, "binary_crossentropy"), b) for b in backbones]
-        best = min((s for s in scores if s[0] is not None), default=(None, backbones[0]))[1]
-        choice[stage] = str(training.stage_dir(run_dir, best, stage).relative_to(run_dir))
     segmentation = {}
-    if "joint" in config["stages"]:
-        def joint_score(b):
-            found = json.loads((training.stage_dir(run_dir, b, "joint") / "metrics.json").read_text())
-            values = [v["dice_coef"] for v in (found.get("val") or {}).values() if v and v["dice_coef"] is not None]
-            return sum(values) / len(values) if values else -1.0
-        best = max(backbones, key=joint_score)
-        segmentation["0"] = str(training.stage_dir(run_dir, best, "joint").relative_to(run_dir))
-    else:
-        for stage in config["stages"][2:]:
-            best = max(backbones, key=lambda b, s=stage: metric(b, s, "dice_coef") or -1.0)
-            segmentation[stage.removeprefix("class")] = str(training.stage_dir(run_dir, best, stage).relative_to(run_dir))
+    for stage in config["stages"]:
+        trained = [b for b in config["backbones"] if training.is_trained(run_dir, b, stage)]
+        if not trained:
+            continue
+        if stage in CLASSIFICATION_STAGES:
+            scores = [(metrics_of(b, stage).get("binary_crossentropy"), b) for b in trained]
+            best = min((s for s in scores if s[0] is not None), default=(None, trained[0]))[1]
+        else:
+            best = max(trained, key=lambda b, s=stage: -1.0 if val_dice(b, s) is None else val_dice(b, s))
+        where = str(training.stage_dir(run_dir, best, stage).relative_to(run_dir))
+        if stage in CLASSIFICATION_STAGES:
+            choice[stage] = where
+        else:
+            segmentation["0" if stage == "joint" else stage.removeprefix("class")] = where
     choice["segmentation"] = segmentation
-    limits = json.loads((run_dir / "thresholds.json").read_text())["limits"]
-    choice["limits"] = limits
+    choice["limits"] = runfiles.read_json(run_dir / "thresholds.json")["limits"]
     return choice
 
 
@@ -424,7 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args)
-    except (FileNotFoundError, data.DataError) as err:
+    except (FileNotFoundError, data.DataError, runfiles.RunFileError) as err:
+        # Expected failures (a missing or damaged file, bad data, a stale model file): one line, no traceback,
+        # unless --verbose asks for it. CascadeError is a RunFileError.
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as err:

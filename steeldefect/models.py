@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from pathlib import Path
 
@@ -25,6 +24,7 @@ with contextlib.redirect_stdout(io.StringIO()):  # it announces its framework on
     import segmentation_models as sm  # noqa: E402
 import efficientnet.tfkeras as efn  # noqa: E402
 
+from . import runfiles  # noqa: E402
 from .config import STAGE1_ENCODER  # noqa: E402
 
 BACKBONES = {
@@ -304,9 +304,7 @@ def save_model(model: keras.Model, directory: str | Path, spec: dict) -> None:
     finally:
         model.optimizer = optimizer
     tmp_weights.replace(directory / WEIGHTS_FILE)
-    tmp_spec = directory / ("tmp-" + SPEC_FILE)
-    tmp_spec.write_text(json.dumps(spec, indent=2) + "\n")
-    tmp_spec.replace(directory / SPEC_FILE)
+    runfiles.write_json(directory / SPEC_FILE, spec)
     object.__setattr__(model, SPEC_ATTRIBUTE, spec)
 
 
@@ -316,9 +314,15 @@ def load_model(directory: str | Path) -> keras.Model:
     for name in (SPEC_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} is missing: not a saved steeldefect model")
-    spec = json.loads((directory / SPEC_FILE).read_text())
-    model = build_model(spec)
-    model.load_weights(directory / WEIGHTS_FILE)
+    spec = runfiles.read_json(directory / SPEC_FILE)
+    try:
+        model = build_model(spec)
+        model.load_weights(directory / WEIGHTS_FILE)
+    except (KeyError, TypeError, ValueError) as err:  # a model.json of another version, or weights of another model
+        raise runfiles.RunFileError(
+            f"{directory}: {SPEC_FILE} and {WEIGHTS_FILE} do not make a model this version of steeldefect can load "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else err!r}); retrain it (delete the "
+            "folder and rerun the experiments, which resume) or use the steeldefect version that saved it") from err
     object.__setattr__(model, SPEC_ATTRIBUTE, spec)  # what it was rebuilt from, for saving it again as it is
     return model
 

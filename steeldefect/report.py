@@ -9,7 +9,6 @@ dice loss) and which backbone. Also the comparison with the paper's numbers, the
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: works headless and inline in notebooks alike
 from matplotlib.ticker import MaxNLocator
 
-from . import paper
+from . import paper, runfiles
 from .config import CLASS_IDS, LOWER_IS_BETTER, SPLITS, STAGE1_ENCODER, TABLE_ROWS
 
 SECTION = {"binary": "Binary classification", "multilabel": "Multi-label classification"}
@@ -39,10 +38,10 @@ def _stage_metrics(run_dir: Path, backbone: str, task: str) -> dict | None:
     base = run_dir / backbone
     path = base / task / "metrics.json" if task in SECTION else base / "segmentation" / task / "metrics.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return runfiles.read_json(path)
     joint = base / "segmentation" / "joint" / "metrics.json"
     if task not in SECTION and joint.is_file():
-        result = json.loads(joint.read_text())
+        result = runfiles.read_json(joint)
         return {split: (result[split] or {}).get(task) for split in SPLITS}
     return None
 
@@ -96,9 +95,9 @@ def _write_table(frame: pd.DataFrame, path: Path, title: str) -> None:
     shown = frame.map(cell)
     flat = shown.reset_index()
     flat.loc[flat[""].duplicated(), ""] = ""  # the section name once, as in the paper
-    path.with_suffix(".md").write_text(f"**{title}**\n\n{flat.to_markdown(index=False)}\n\n_{CAPTION}_\n")
-    frame.to_csv(path.with_suffix(".csv"))
-    path.with_suffix(".tex").write_text(shown.to_latex(caption=title, escape=True))
+    runfiles.write_text(path.with_suffix(".md"), f"**{title}**\n\n{flat.to_markdown(index=False)}\n\n_{CAPTION}_\n")
+    runfiles.write_text(path.with_suffix(".csv"), frame.to_csv())
+    runfiles.write_text(path.with_suffix(".tex"), shown.to_latex(caption=title, escape=True))
 
 
 def comparison_table(all_values: dict[str, dict]) -> pd.DataFrame:
@@ -380,10 +379,29 @@ def _wall_time_lines(timing: dict) -> list[str]:
     return lines + ["Minutes per stage (blank: not recorded):", "", frame.to_markdown(floatfmt=".1f", missingval=""), ""]
 
 
+def counts_text(counts: dict) -> str:
+    return ", ".join(f"{split} {n}" for split, n in counts.items())
+
+
+def plan_lines(plan: dict) -> list[str]:
+    """The data plan's conditions in words, one line each (nothing when every stage has what it needs)."""
+    lines = [f"{m['ImageId']} (class {m['class_id']}) moved from {m['from']} to train: the split left class "
+             f"{m['class_id']} without a training image" for m in plan.get("moved_to_train", [])]
+    lines += [f"{image_id} left out: {problem}" for image_id, problem in plan.get("bad_images", {}).items()]
+    for stage, found in plan["stages"].items():
+        if found["not_trainable"]:
+            lines.append(f"stage {stage} is not trainable: {found['not_trainable']}")
+        elif not found["val"]:
+            counts = {split: found[split] for split in SPLITS}
+            lines.append(f"stage {stage} trains without validation: no validation image ({counts_text(counts)})")
+    lines += [f"class {c} is never predicted: {why}" for c, why in plan["never_predicted"].items()]
+    return lines
+
+
 def build_report(run_dir: str | Path) -> dict:
     """Write every table, figure, ``results.json`` and ``report.md`` of a run from its files; returns results."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = runfiles.read_json(run_dir / "config.json")
     backbones = config["backbones"]
     tables, figures = run_dir / "tables", run_dir / "figures"
     tables.mkdir(exist_ok=True)
@@ -398,33 +416,37 @@ def build_report(run_dir: str | Path) -> dict:
     heading = ("The data is the synthetic twin: this comparison is about the pipeline, not the numbers.\n\n"
                if synthetic else "The data is the Kaggle Severstal data.\n\n")
     comparison = comparison_table(all_values)
-    (tables / "paper_comparison.md").write_text(
+    runfiles.write_text(tables / "paper_comparison.md",
         "# Our values beside the paper's\n\n" + heading + comparison.to_markdown(index=False, floatfmt=".6f") + "\n")
-    comparison.to_csv(tables / "paper_comparison.csv", index=False)
-    cascade_results = json.loads((run_dir / "cascade_eval.json").read_text()) if (run_dir / "cascade_eval.json").is_file() else None
+    runfiles.write_text(tables / "paper_comparison.csv", comparison.to_csv(index=False))
+    cascade_results = runfiles.read_json(run_dir / "cascade_eval.json") if (run_dir / "cascade_eval.json").is_file() else None
     if cascade_results:
         frame = cascade_table(cascade_results)
-        (tables / "cascade.md").write_text(
+        runfiles.write_text(tables / "cascade.md",
             f"**Cascade ablation on the {cascade_results['split']} split ({cascade_results['n_images']} images, at "
             f"{cascade_results['image_size'][0]}x{cascade_results['image_size'][1]})**\n\n"
             + frame.to_markdown(floatfmt=".4f") + "\n\n_tp/fp/fn: images where the class was predicted and "
             "present / predicted and absent / present and not predicted. The last row predicts every mask empty: "
             "the score a cascade must beat, and exactly a class's score when the cascade never predicts it._\n")
-        frame.to_csv(tables / "cascade.csv")
-    stats = json.loads((run_dir / "dataset_stats.json").read_text())
-    limits = json.loads((run_dir / "thresholds.json").read_text())["limits"]
+        runfiles.write_text(tables / "cascade.csv", frame.to_csv())
+    stats = runfiles.read_json(run_dir / "dataset_stats.json")
+    limits = runfiles.read_json(run_dir / "thresholds.json")["limits"]
     figure_paths = data_figures(stats, limits, figures) + curve_figures(run_dir, backbones, figures)
     figure_paths += sorted(figures.glob("overlay_*.png"))
     results = {
         "config": config,
         "tables": {b: {f"{t}/{m}": v for (t, m), v in all_values[b].items()} for b in backbones},
         "cascade": cascade_results,
-        "wall_time_s": json.loads((run_dir / "timing.json").read_text()) if (run_dir / "timing.json").is_file() else None,
+        "wall_time_s": runfiles.read_json(run_dir / "timing.json") if (run_dir / "timing.json").is_file() else None,
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    runfiles.write_json(run_dir / "results.json", results)
     lines = [f"# Run report: {run_dir.name}", "", f"Profile `{config['profile']}`, data `{config['data_dir']}`"
              f"{' (synthetic twin)' if synthetic else ''}, image size {config['image_size']}, backbones "
              f"{', '.join(backbones)}; {_training_text(config)}.", ""]
+    plan = runfiles.read_json(run_dir / "data_plan.json") if (run_dir / "data_plan.json").is_file() else None
+    if plan and plan_lines(plan):
+        lines += ["What this data gave each stage (decided before training):", ""]
+        lines += [f"- {line}" for line in plan_lines(plan)] + [""]
     if results["wall_time_s"]:
         lines += _wall_time_lines(results["wall_time_s"])
     for backbone in backbones:
@@ -435,5 +457,5 @@ def build_report(run_dir: str | Path) -> dict:
         lines += [(tables / "cascade.md").read_text(), ""]
     lines += ["[Comparison with the paper](tables/paper_comparison.md)", "", "## Figures", ""]
     lines += [f"![{p.stem}](figures/{p.name})" for p in figure_paths]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    runfiles.write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return results

@@ -272,6 +272,12 @@ def is_twin(data_dir: str | Path) -> bool:
     return (Path(data_dir) / MARKER).is_file()
 
 
+def twin_version(data_dir: str | Path) -> int | None:
+    """The generator version that wrote a twin folder (its ``twin.json``), None for a folder that is not a twin."""
+    marker = Path(data_dir) / MARKER
+    return json.loads(marker.read_text()).get("version") if marker.is_file() else None
+
+
 def make_synthetic_severstal(
     out_dir: str | Path, n_images: int, seed: int = 0, *, n_test_images: int | None = None
 ) -> Path:

@@ -61,8 +61,104 @@ def scale_limits(limits: Limits, shape: tuple[int, int]) -> dict[int, tuple[floa
     return {c: (low * factor, high * factor) for c, (low, high) in limits.items()}
 
 
+# The cascade's decision per (image, class), in the order the rule tests them (an earlier reason wins).
+NO_DEFECT, ABSENT, EMPTY, OUT_OF_RANGE, KEPT = range(5)
+GATINGS = ("paper", "none")
+
+
+def _per_class(values, what: str) -> np.ndarray:
+    array = np.broadcast_to(np.asarray(values, np.float64), (len(CLASS_IDS),))
+    if np.isnan(array).any():
+        raise ValueError(f"{what} must be numbers, got {values!r}")
+    return array
+
+
+def decide(
+    defect_probs: np.ndarray,
+    class_probs: np.ndarray,
+    areas: np.ndarray,
+    *,
+    mask_shape: tuple[int, int],
+    limits: Limits | dict,
+    label_thresholds=0.5,
+    binary_threshold: float = 0.5,
+    gating: str = "paper",
+    area_filter: bool = True,
+) -> np.ndarray:
+    """The cascade's rule (the paper's Section 3 and 3.5) for every (image, class) at once: the one copy of it.
+
+    Args:
+        defect_probs: ``(n,)`` stage-1 probabilities.
+        class_probs: ``(n, 4)`` stage-2 probabilities (NaN where stage 2 did not run: the class is absent).
+        areas: ``(n, 4)`` pixels of each predicted mask (thresholded at the pixel threshold) at ``mask_shape``.
+        mask_shape: ``(height, width)`` of the masks; the limits, given at 256x1600, are scaled to it.
+        limits: ``{class_id: (min_area, max_area)}`` at 256x1600 (``max_area`` may be ``inf``).
+        label_thresholds: stage 2's threshold, one for all classes or one per class.
+        gating: ``"paper"``: stage 1 below ``binary_threshold`` predicts no defect, stage 2 below its label
+            threshold predicts the class absent; ``"none"``: every class is segmented (area filter only).
+        area_filter: drop a mask whose area lies outside [min, max] (both ends kept).
+
+    Returns:
+        ``(n, 4)`` int8 codes: ``NO_DEFECT``, ``ABSENT``, ``EMPTY`` (nothing above the pixel threshold),
+        ``OUT_OF_RANGE`` (the area filter) or ``KEPT``.
+
+    Example:
+        >>> decide([0.9], [[0.1, 0.1, 0.8, 0.1]], [[0, 0, 900, 0]], mask_shape=(64, 320), limits=paper.AREA_THRESHOLDS)
+        array([[1, 1, 4, 1]], dtype=int8)
+    """
+    if gating not in GATINGS:
+        raise ValueError(f"gating must be one of {', '.join(GATINGS)}, got {gating!r}")
+    defect = np.asarray(defect_probs, np.float64).reshape(-1)
+    n = defect.size
+    probs = np.asarray(class_probs, np.float64).reshape(n, len(CLASS_IDS))
+    areas = np.asarray(areas).reshape(n, len(CLASS_IDS))
+    factor = mask_shape[0] * mask_shape[1] / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+    low = np.array([limits[c][0] for c in CLASS_IDS], np.float64) * factor
+    high = np.array([limits[c][1] for c in CLASS_IDS], np.float64) * factor
+    codes = np.full((n, len(CLASS_IDS)), KEPT, np.int8)
+    if area_filter:
+        codes[(areas < low) | (areas > high)] = OUT_OF_RANGE
+    codes[areas == 0] = EMPTY
+    if gating == "paper":
+        label = _per_class(label_thresholds, "label_thresholds")
+        codes[~(np.nan_to_num(probs, nan=-np.inf) >= label)] = ABSENT
+        codes[defect < binary_threshold] = NO_DEFECT
+    return codes
+
+
+def cascade_masks(
+    defect_probs: np.ndarray,
+    class_probs: np.ndarray,
+    mask_probs: np.ndarray,
+    *,
+    limits: Limits | dict,
+    pixel_thresholds=0.5,
+    **rule,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cascade's masks from its stages' outputs: threshold the mask probabilities, then ``decide``.
+
+    Args:
+        defect_probs, class_probs: as for ``decide``.
+        mask_probs: ``(n, h, w, 4)`` stage-3 probabilities.
+        limits: area limits at 256x1600.
+        pixel_thresholds: one for all classes or one per class.
+        **rule: ``label_thresholds``, ``binary_threshold``, ``gating``, ``area_filter`` of ``decide``.
+
+    Returns:
+        ``(masks, areas, codes)``: ``(n, h, w, 4)`` bool masks of the classes kept, ``(n, 4)`` areas before the
+        area filter, ``(n, 4)`` decision codes.
+    """
+    mask_probs = np.asarray(mask_probs)
+    if mask_probs.ndim != 4 or mask_probs.shape[-1] != len(CLASS_IDS):
+        raise ValueError(f"mask probabilities must be (N, H, W, 4), got shape {mask_probs.shape}")
+    binary = mask_probs >= _per_class(pixel_thresholds, "pixel_thresholds")
+    areas = binary.sum(axis=(1, 2))
+    codes = decide(defect_probs, class_probs, areas, mask_shape=mask_probs.shape[1:3], limits=limits, **rule)
+    return binary & (codes == KEPT)[:, None, None, :], areas, codes
+
+
 def apply_area_thresholds(masks: np.ndarray, limits: Limits) -> np.ndarray:
-    """Empty every class whose mask area lies outside [min, max] (both ends kept).
+    """Empty every class whose mask area lies outside [min, max] (both ends kept): ``decide`` without gating.
 
     Args:
         masks: ``(H, W, 4)`` or ``(N, H, W, 4)`` binary masks; limits are scaled when H x W is not 256x1600.
@@ -76,21 +172,9 @@ def apply_area_thresholds(masks: np.ndarray, limits: Limits) -> np.ndarray:
     batch = masks[None] if single else masks
     if batch.ndim != 4 or batch.shape[-1] != len(CLASS_IDS):
         raise ValueError(f"masks must be (H, W, 4) or (N, H, W, 4), got shape {masks.shape}")
-    scaled = scale_limits(limits, batch.shape[1:3])
-    areas = batch.sum(axis=(1, 2))
-    out = batch.copy()
-    for k, class_id in enumerate(CLASS_IDS):
-        low, high = scaled[class_id]
-        outside = (areas[:, k] < low) | (areas[:, k] > high)
-        out[outside, :, :, k] = False
+    n = len(batch)
+    out, _, _ = cascade_masks(np.ones(n), np.ones((n, len(CLASS_IDS))), batch, limits=limits, gating="none")
     return out[0] if single else out
-
-
-def _pair_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Kaggle Dice of each image for one class: ``(n, h, w)`` bool → ``(n,)``."""
-    intersection = np.sum(pred & truth, axis=(1, 2))
-    total = np.sum(pred, axis=(1, 2)) + np.sum(truth, axis=(1, 2))
-    return np.where(total == 0, 1.0, 2 * intersection / np.maximum(total, 1))
 
 
 def search_thresholds(
@@ -117,26 +201,27 @@ def search_thresholds(
         ``{class_id: {"label_threshold", "pixel_threshold", "min_area", "dice"}}``; ``dice`` is that class's mean
         Dice over the images at the chosen values.
     """
-    class_probs = np.asarray(class_probs)
+    # metrics imports TensorFlow: only here, the rest of the module is NumPy
+    from .metrics import kaggle_dice_per_pair
+
     truth = np.asarray(true_masks).astype(bool)
     n, height, width, _ = truth.shape
-    gate = np.ones(n, bool) if defect_probs is None else np.asarray(defect_probs).reshape(n) >= binary_threshold
-    factor = height * width / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
-    result = {}
-    for k, class_id in enumerate(CLASS_IDS):
-        best = None
-        for pixel in pixel_thresholds:
-            binary = mask_probs[..., k] >= pixel
-            areas = binary.sum(axis=(1, 2))
-            dice_if_kept = _pair_dice(binary, truth[..., k])
-            dice_if_empty = np.where(truth[..., k].any(axis=(1, 2)), 0.0, 1.0)
-            for label in label_thresholds:
-                present = gate & (class_probs[:, k] >= label)
-                for min_area in min_areas:
-                    kept = present & (areas >= min_area * factor)
-                    score = float(np.mean(np.where(kept, dice_if_kept, dice_if_empty)))
-                    if best is None or score > best["dice"] + 1e-12:
-                        best = {"label_threshold": float(label), "pixel_threshold": float(pixel),
-                                "min_area": int(min_area), "dice": score}
-        result[class_id] = best
-    return result
+    defect = np.ones(n) if defect_probs is None else np.asarray(defect_probs).reshape(n)
+    mask_probs = np.asarray(mask_probs)
+    has_truth = truth.any(axis=(1, 2))
+    dice_if_empty = np.where(has_truth, 0.0, 1.0)
+    best: dict[int, dict] = {}
+    for pixel in pixel_thresholds:
+        binary = mask_probs >= pixel
+        areas = binary.sum(axis=(1, 2))
+        dice_if_kept = kaggle_dice_per_pair(binary, truth)
+        for label in label_thresholds:
+            for min_area in min_areas:
+                codes = decide(defect, class_probs, areas, mask_shape=(height, width), label_thresholds=label,
+                               binary_threshold=binary_threshold, limits=dict.fromkeys(CLASS_IDS, (min_area, np.inf)))
+                scores = np.where(codes == KEPT, dice_if_kept, dice_if_empty).mean(axis=0)
+                for k, class_id in enumerate(CLASS_IDS):
+                    if class_id not in best or scores[k] > best[class_id]["dice"] + 1e-12:
+                        best[class_id] = {"label_threshold": float(label), "pixel_threshold": float(pixel),
+                                          "min_area": int(min_area), "dice": float(scores[k])}
+    return best

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import logging
 import shutil
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import data, loaders, metrics, models
+from . import data, loaders, metrics, models, runfiles
 from .config import (
     CLASS_IDS,
     CLASSIFICATION_STAGES,
@@ -54,6 +55,7 @@ TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attemp
 LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": per class}; absent for the paper's
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
+NOT_TRAINABLE = "not_trainable"  # metrics.json key of a stage without training images: why
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
 
 _strategies: dict[str, tf.distribute.Strategy] = {}
@@ -84,11 +86,32 @@ def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
     return (stage_dir(run_dir, backbone, stage) / METRICS_FILE).is_file()
 
 
+def stage_counts(table: pd.DataFrame, stage: str) -> dict[str, int]:
+    """Images a stage has in each split: all (binary), defective (multilabel, joint) or with its class."""
+    task, class_id = stage_task(stage)
+    return {split: len(loaders.select_rows(table[table["split"] == split], task, class_id)) for split in SPLITS}
+
+
+def record_not_trainable(run_dir: str | Path, backbone: str, stage: str, reason: str) -> dict:
+    """Mark a stage that has no training image as done without a model: its ``metrics.json`` says why, its
+    Table cells stay blank and the cascade leaves it out (it never predicts that stage's classes)."""
+    directory = stage_dir(run_dir, backbone, stage)
+    directory.mkdir(parents=True, exist_ok=True)
+    result = {"stage": stage, NOT_TRAINABLE: reason, **dict.fromkeys(SPLITS)}
+    _write_json(directory / METRICS_FILE, result)
+    return result
+
+
+def is_trained(run_dir: str | Path, backbone: str, stage: str) -> bool:
+    """Whether a stage has a trained model (done, and not recorded as not trainable)."""
+    return (stage_dir(run_dir, backbone, stage) / models.SPEC_FILE).is_file()
+
+
 def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | None:
     """Wall time spent training and evaluating a stage, summed over its attempts (``StageClock``); None when not
     recorded (a stage trained by a version of this package that did not time stages)."""
     path = stage_dir(run_dir, backbone, stage) / TIMING_FILE
-    return float(json.loads(path.read_text())["seconds"]) if path.is_file() else None
+    return float(runfiles.read_json(path)["seconds"]) if path.is_file() else None
 
 
 class StageClock:
@@ -102,7 +125,7 @@ class StageClock:
 
     def __init__(self, directory: Path):
         self.path = directory / TIMING_FILE
-        before = json.loads(self.path.read_text()) if self.path.is_file() else {"seconds": 0.0, "attempts": 0}
+        before = runfiles.read_json(self.path) if self.path.is_file() else {"seconds": 0.0, "attempts": 0}
         self.before = float(before["seconds"])
         self.attempt = int(before["attempts"]) + 1
         self.start = time.perf_counter()
@@ -208,9 +231,7 @@ def _binary_from_scratch(stage: str, config: TrainConfig) -> TrainConfig:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name("tmp-" + path.name)
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
+    runfiles.write_json(path, payload, default=_json_default)
 
 
 def _json_default(value):
@@ -241,13 +262,12 @@ class HistoryRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
         self.rows.append(row)
-        tmp = self.path.with_name("tmp-" + self.path.name)
         fields = list(dict.fromkeys(k for r in self.rows for k in r))
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        runfiles.write_text(self.path, text.getvalue())
 
 
 def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 25) -> int:
@@ -356,7 +376,7 @@ def train_stage(
     metrics_path = directory / METRICS_FILE
     if metrics_path.is_file():
         log.info("%s/%s is done (%s exists): skipped", backbone, stage, metrics_path)
-        return json.loads(metrics_path.read_text())
+        return runfiles.read_json(metrics_path)
     if "split" not in table.columns:
         raise ValueError("the table needs a 'split' column (data.split_table)")
     directory.mkdir(parents=True, exist_ok=True)
@@ -393,9 +413,17 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
     rows = _previous_rows(history_path, restored)
     if restored:
         log.info("%s/%s: resuming after epoch %d", backbone, stage, restored)
-    best_so_far = min((r["val_loss"] for r in rows if "val_loss" in r), default=None)
+    counts = stage_counts(table, stage)
+    if not counts["train"]:
+        raise ValueError(f"{backbone}/{stage}: no training image ({counts}); record it with record_not_trainable")
     train = _datasets(table, images_dir, stage, config, "train", train=True)
-    val = _datasets(table, images_dir, stage, config, "val", train=False)
+    # Without validation images (a small folder), the stage trains on its training loss: the checkpoint, early
+    # stopping and the learning-rate schedule follow it, and precise BN runs once at the end.
+    val = _datasets(table, images_dir, stage, config, "val", train=False) if counts["val"] else None
+    monitor = "val_loss" if val is not None else "loss"
+    if val is None:
+        log.info("%s/%s: no validation image; it trains without validation (monitoring the training loss)",
+                    backbone, stage)
     # Precise BN reads a few un-augmented training batches each epoch: no need to cache them a second time.
     calibration = _datasets(table, images_dir, stage, config, "train", train=False, cache=False)
     pos_weight = stage_pos_weight(stage, config, table)
@@ -407,15 +435,16 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
         # Build the compiled metrics eagerly on one batch too (another ~8 s off the first epoch).
         model._symbolic_build(data_batch=next(iter(train)))
     best_path = directory / BEST_WEIGHTS
+    best_so_far = min((r[monitor] for r in rows if monitor in r), default=None)
     stage_callbacks = [
         keras.callbacks.BackupAndRestore(str(backup_dir)),
         HistoryRecorder(history_path, rows),
         keras.callbacks.ModelCheckpoint(
-            str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
+            str(best_path), monitor=monitor, save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_so_far,
         ),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=config.reduce_lr_patience),
         *callbacks,
     ]
     if config.bn_recalibration_batches:
@@ -426,6 +455,8 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
               shuffle=False)  # tf.data shuffles
     if best_path.is_file():
         model.load_weights(best_path)
+    if val is None and config.bn_recalibration_batches:  # no validation pass ran it
+        recalibrate_batchnorm(model, calibration, config.bn_recalibration_batches)
     models.save_model(model, directory, models.spec_of(model))  # the spec build_stage_model built it from
     best_path.unlink(missing_ok=True)
     shutil.rmtree(backup_dir, ignore_errors=True)

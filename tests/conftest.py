@@ -16,7 +16,16 @@ from steeldefect.experiments import STOP_AFTER_ENV  # noqa: E402  (imports no Te
 settings.register_profile("steeldefect", database=None)
 settings.load_profile("steeldefect")
 
-REAL_EXCERPT = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "severstal_train_2019_excerpt.csv"
+REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real"
+REAL_EXCERPT = REAL_DIR / "severstal_train_2019_excerpt.csv"
+
+
+@pytest.fixture
+def real_dir() -> Path:
+    """The real Severstal sample in the Kaggle layout (../shared/real), or a skip saying why."""
+    if not (REAL_DIR / "train.csv").is_file():
+        pytest.skip(f"real Severstal sample not present at {REAL_DIR} (it lives in ../shared/real, outside the repo)")
+    return REAL_DIR
 
 
 @pytest.fixture

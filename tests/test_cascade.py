@@ -1,5 +1,6 @@
 import json
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from steeldefect import cascade as cascade_module
-from steeldefect import data, loaders, metrics, models, rle, synthetic, thresholds
+from steeldefect import data, loaders, metrics, models, rle, runfiles, synthetic, thresholds
 from steeldefect.cascade import Cascade, CascadeError
 
 SIZE = (64, 320)
@@ -264,3 +265,138 @@ def test_a_tiny_trained_cascade_beats_empty_predictions(tmp_path):
     dice = result["paper cascade"]["kaggle_mean_dice"]
     assert dice > empty, (dice, empty, result)
     assert result["paper cascade"]["presence"]["class3"]["tp"] > 0
+
+
+def _image_dependent_cascade(images, **kwargs):
+    """Stand-in stages whose outputs follow each image's grey levels (elementwise, so batching cannot change them):
+    stage 1 passes the brighter half, stage 2 each class above its own level, the UNet thresholds grey levels."""
+    means = images.reshape(len(images), -1).mean(axis=1)
+    level = float(np.median(means))
+    inputs = keras.Input((*SIZE, 3))
+    mean = keras.ops.mean(inputs, axis=(1, 2, 3))[:, None]
+    binary = keras.Model(inputs, keras.layers.Lambda(lambda m: tf.sigmoid((m - level) * 4))(mean))
+    offsets = tf.constant([[-1.0, 0.5, -3.0, 1.0]])
+    multilabel = keras.Model(inputs, keras.layers.Lambda(lambda m: tf.sigmoid(m - level - offsets))(mean))
+    grey = keras.ops.mean(inputs, axis=-1, keepdims=True)
+    cuts = tf.constant([[[[20.0, 5.0, -5.0, 10.0]]]])
+    unet = keras.Model(inputs, keras.layers.Lambda(lambda g: tf.sigmoid((g - level - cuts) / 4))(grey))
+    return Cascade(binary, multilabel, {0: unet}, SIZE, {1: (500, 60000), 2: (700, 100000), 3: (1100, 160000),
+                                                         4: (2800, 127000)}, **kwargs)
+
+
+def test_evaluation_and_prediction_share_one_decision_rule(twin):
+    """evaluate_cascade's Dice of each variant equals the Dice of Cascade.predict_batch's masks on the same images."""
+    root, table = twin
+    split = table.assign(split="test")
+    batches = list(loaders.make_dataset(split, root / "train_images", "masks", image_size=SIZE, batch_size=16))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    truth = np.concatenate([y.numpy() for _, y in batches]).astype(bool)
+    evaluated = cascade_module.evaluate_cascade(_image_dependent_cascade(images), split, root / "train_images",
+                                                "test")["variants"]
+    found = {}
+    for name, settings in (("paper cascade", {}), ("without area filter", {"area_filter": False}),
+                           ("no gating", {"gating": "none"})):
+        results = _image_dependent_cascade(images, **settings).predict_batch(list(images))
+        masks = np.stack([r.masks for r in results])
+        found[name] = metrics.kaggle_dice_per_pair(masks, truth).mean()
+        assert evaluated[name]["kaggle_mean_dice"] == pytest.approx(found[name], abs=1e-12), name
+        kept = np.array([[r.decisions[c] == cascade_module.KEPT for c in (1, 2, 3, 4)] for r in results])
+        presence = evaluated[name]["presence"]
+        assert kept.sum(axis=0).tolist() == [presence[f"class{c}"]["tp"] + presence[f"class{c}"]["fp"]
+                                             for c in (1, 2, 3, 4)]
+    assert len(set(found.values())) == 3, found  # on these images the three variants do differ
+
+
+def test_ablation_variants_differ_where_they_must():
+    # stage 1 says no defect: only the ungated cascade segments anything
+    assert make(defect=0.2).predict(IMAGE).classes == []
+    assert make(defect=0.2, gating="none").predict(IMAGE).classes == [3, 4]
+    # class 1 is present by stage 2, but its 800 px at 64x320 are 16,000 px at 256x1600, over its maximum 15,500
+    cascade = make(classes=(0.9, 0.1, 0.8, 0.1))
+    assert cascade.predict(IMAGE).classes == [3]
+    assert make(classes=(0.9, 0.1, 0.8, 0.1), area_filter=False).predict(IMAGE).classes == [1, 3]
+
+
+def _truncated_copy(source, target):
+    encoded = source.read_bytes()
+    target.write_bytes(encoded[: len(encoded) // 2])  # what an interrupted copy leaves
+
+
+def test_predict_dir_and_the_cli_report_a_bad_image_and_predict_the_others(twin, tmp_path, capsys):
+    root, _ = twin
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = sorted((root / "test_images").iterdir())[:2]
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    _truncated_copy(good[0], folder / "0000cut.jpg")
+    with pytest.raises(ValueError, match=r"0000cut.jpg: not a readable image"):
+        cascade_module._read_image(folder / "0000cut.jpg")
+    df = cascade_module.predict_dir(folder, make())
+    assert sorted(set(df["ImageId"])) == sorted(p.name for p in good) and len(df) == 8
+    assert list(df.attrs["skipped"]) == ["0000cut.jpg"]
+
+    cascade, bundle = _trained_bundle(tmp_path)
+    submission = tmp_path / "submission.csv"
+    code = cascade_module.main(["--run", str(bundle), str(folder), "--submission", str(submission)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "0000cut.jpg: not a readable image" in err and "1 of 3 images could not be read and were not predicted: 0000cut.jpg" in err
+    assert all(f"{p.name}: defect p=" in out for p in good)
+    written = pd.read_csv(submission, keep_default_na=False)
+    assert len(written) == 8 and set(written["ImageId"]) == {p.name for p in good}
+
+
+def test_the_default_cascade_is_loaded_once_also_from_a_relative_path(tmp_path, monkeypatch):
+    _, bundle = _trained_bundle(tmp_path)
+    monkeypatch.setattr(cascade_module, "_default", None)
+    loads = []
+    original = Cascade.load.__func__
+    monkeypatch.setattr(Cascade, "load", classmethod(lambda cls, path, **kw: loads.append(path) or original(cls, path, **kw)))
+    monkeypatch.chdir(tmp_path)
+    for value in ("bundle", "bundle/cascade.json", "./bundle/", str(bundle)):
+        monkeypatch.setenv("STEELDEFECT_CASCADE", value)
+        first = cascade_module.load_default()
+        assert cascade_module.load_default() is first
+    assert len(loads) == 1
+
+
+def test_a_stale_model_file_is_a_clear_error(tmp_path, capsys):
+    _, bundle = _trained_bundle(tmp_path)
+    spec = json.loads((bundle / "binary" / "model.json").read_text())
+    spec["kind"] = "transformer"  # a model.json of another version
+    (bundle / "binary" / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(runfiles.RunFileError, match=r"binary: model.json and model.weights.h5 do not make a model "
+                                                    r"this version of steeldefect can load"):
+        Cascade.load(bundle)
+    (bundle / "cascade.json").write_text('{"binary": "binary"')  # cut short
+    assert cascade_module.main(["--run", str(bundle), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cascade.json is not valid JSON" in err and "Traceback" not in err
+
+
+def test_a_truncated_real_jpeg_is_refused_not_decoded_half_grey(real_dir, tmp_path):
+    source = sorted((real_dir / "train_images").iterdir())[0]
+    _truncated_copy(source, tmp_path / "cut.jpg")
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None  # cv2.imread decodes it, the lower rows grey
+    with pytest.raises(ValueError, match=r"cut.jpg: not a readable image \(OpenCV could not decode it: not an "
+                                         r"image, or a corrupt or truncated file\)"):
+        cascade_module._read_image(tmp_path / "cut.jpg")
+    assert cascade_module._read_image(source).shape == (256, 1600, 3)  # the whole file reads
+
+
+def test_a_class_without_a_model_or_training_image_is_never_predicted():
+    per_class = make(classes=(0.9, 0.9, 0.8, 0.1), masks={3: constant_unet(square()), 4: constant_unet(square())})
+    result = per_class.predict(IMAGE)
+    assert result.classes == [3] and per_class.never_predicted == {1: "no segmentation model",
+                                                                   2: "no segmentation model"}
+    assert result.decisions[1] == "dropped: never predicted (no segmentation model)"
+    mask = np.zeros((*SIZE, 4), np.float32)
+    mask[..., :] = square()
+    joint = make(classes=(0.9, 0.1, 0.8, 0.1), masks={0: constant_unet(mask)},
+                 never_predicted={3: "no training image of class 3"})
+    assert joint.predict(IMAGE).classes == []  # class 1's 16,000 px are over its limit; class 3 is off
+    ungated = make(defect=0.2, gating="none", masks={0: constant_unet(mask)}, never_predicted={3: "none in train"})
+    assert ungated.predict(IMAGE).classes == [4]
+    with pytest.raises(ValueError, match=r"segmentation needs models for some of classes \(1, 2, 3, 4\) or"):
+        Cascade(constant_classifier([0.9]), constant_classifier([0.5] * 4), {}, SIZE)

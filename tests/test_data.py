@@ -213,3 +213,69 @@ def test_with_split_reads_a_runs_splits_and_names_what_is_missing(tmp_path):
     path.write_text("image,part\na.jpg,train\n")
     with pytest.raises(data.DataError, match="expected the columns ImageId,split, got image,part"):
         data.with_split(table, path)
+
+
+def test_a_class_the_split_left_out_of_train_gets_one_image():
+    table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(6)], "split": ["train", "train", "val", "val",
+                                                                              "test", "test"]})
+    for column in ("Defect_1", "Defect_2", "Defect_3", "Defect_4"):
+        table[column] = ""
+    table.loc[[2, 4], "Defect_2"] = "1 5"  # class 2 only in validation and test
+    table.loc[[5], "Defect_4"] = "1 5"  # class 4 only in test
+    table.loc[[0], "Defect_3"] = "1 5"
+    moved_table, moved = data.keep_classes_in_train(table)
+    assert moved == [{"ImageId": "2.jpg", "class_id": 2, "from": "val"},
+                     {"ImageId": "5.jpg", "class_id": 4, "from": "test"}]
+    assert moved_table["split"].tolist() == ["train", "train", "train", "val", "test", "train"]
+    assert data.keep_classes_in_train(moved_table)[1] == []  # nothing left to move
+    assert table["split"].tolist()[2] == "val"  # the input is not changed
+
+
+def test_split_keeps_every_class_in_train_on_a_small_folder():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"ImageId": [f"{i:03d}.jpg" for i in range(30)]})
+    for column in ("Defect_1", "Defect_2", "Defect_3", "Defect_4"):
+        table[column] = ""
+    table.loc[rng.choice(30, 12, replace=False), "Defect_3"] = "1 5"
+    table.loc[[7], "Defect_1"] = "1 5"  # one image of class 1: wherever the split puts it, it trains
+    table["has_defect"] = (table[["Defect_1", "Defect_2", "Defect_3", "Defect_4"]] != "").any(axis=1)
+    for seed in range(8):
+        split = data.split_table(table, seed=seed)
+        assert split.loc[7, "split"] == "train", seed
+    untouched = data.split_table(table, seed=0, keep_every_class=False)
+    assert set(untouched["split"]) == {"train", "val", "test"}
+
+
+def test_check_images_names_each_bad_file(tmp_path):
+    import cv2
+
+    images = tmp_path / "train_images"
+    images.mkdir()
+    steel = np.full((256, 1600, 3), 90, np.uint8)
+    cv2.imwrite(str(images / "good.jpg"), steel)
+    encoded = (images / "good.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(encoded[: len(encoded) // 2])
+    cv2.imwrite(str(images / "small.jpg"), steel[:128, :800])
+    cv2.imwrite(str(images / "png.jpg"), steel)  # written as JPEG, then replaced by a PNG under the same name
+    (images / "png.jpg").write_bytes(cv2.imencode(".png", steel)[1].tobytes())
+    (images / "text.jpg").write_text("not an image")
+    bad = data.check_images(images, ["good.jpg", "cut.jpg", "small.jpg", "png.jpg", "text.jpg", "gone.jpg"])
+    assert list(bad) == ["cut.jpg", "small.jpg", "png.jpg", "text.jpg", "gone.jpg"]
+    assert bad["cut.jpg"] == "a JPEG that does not decode (corrupt or truncated)"
+    assert bad["small.jpg"] == "800x128 pixels, expected 1600x256 (the size the masks in train.csv refer to)"
+    assert bad["png.jpg"] == "a PNG image, expected a JPEG"
+    assert bad["text.jpg"].startswith("not a readable image (UnidentifiedImageError")
+    assert bad["gone.jpg"].startswith("not a readable image (FileNotFoundError")
+
+
+def test_the_real_sample_reads_and_pivots(real_dir):
+    rows = data.read_annotations(real_dir / "train.csv")
+    assert len(rows) == 42 and rows["ClassId"].value_counts().sort_index().tolist() == [2, 1, 21, 18]
+    table = data.load_table(real_dir)
+    assert len(table) == 43 and int(table["has_defect"].sum()) == 33 and int((table["n_defects"] == 2).sum()) == 9
+    assert data.class_labels(table).sum(axis=0).tolist() == [2, 1, 21, 18]
+    assert data.check_images(real_dir / "train_images", table["ImageId"]) == {}
+    for image_id, group in rows.groupby("ImageId"):
+        row = table.set_index("ImageId").loc[image_id]
+        for class_id, pixels in zip(group["ClassId"], group["EncodedPixels"], strict=True):
+            assert row[f"Defect_{class_id}"] == pixels

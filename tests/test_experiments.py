@@ -122,23 +122,125 @@ def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
     assert signal.getsignal(signal.SIGTERM) is before  # main() in this process leaves the handler as it was
 
 
-def test_one_process_per_run_directory_and_fresh_clears_it(tmp_path):
-    run_dir, missing = tmp_path / "run", str(tmp_path / "missing")
+def _tiny_data(tmp_path):
+    return make_layout(tmp_path / "d", HEADER_2020 + "a.jpg,1,1 10\n", ["a.jpg", "b.jpg", "c.jpg"])
+
+
+def test_one_process_per_run_directory(tmp_path):
+    run_dir, data_dir = tmp_path / "run", str(_tiny_data(tmp_path))
     with experiments.run_lock(run_dir):
         assert (run_dir / "run.lock").read_text().startswith(f"process {os.getpid()} on ")
         with pytest.raises(SystemExit, match=rf"{re.escape(str(run_dir))} is in use by process {os.getpid()} on .*; wait for it"):
-            experiments.main(["--data-dir", missing, "--run-dir", str(run_dir)])
-    assert not (run_dir / "run.lock").exists()
-    (run_dir / "old").mkdir()
-    (run_dir / "old.txt").write_text("from an earlier run")
-    assert experiments.main(["--data-dir", missing, "--run-dir", str(run_dir), "--fresh"]) == 2  # past the lock
-    assert not (run_dir / "old").exists() and not (run_dir / "old.txt").exists()
+            experiments.main(["--data-dir", data_dir, "--run-dir", str(run_dir)])
+    assert not run_dir.exists()  # the lock made the folder and, as it stayed empty, took it away again
 
 
-def test_bad_csv_is_reported(tmp_path, capsys):
+def _user_folder(root):
+    """A folder of someone's work: what `--run-dir <it> --fresh` once deleted."""
+    (root / "mywork").mkdir(parents=True)
+    (root / "mywork" / "notes.txt").write_text("three years of notes")
+    (root / "thesis.tex").write_text("\\documentclass{book}")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_folder_that_is_not_a_run_is_never_deleted_nor_written(tmp_path, monkeypatch, fresh):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "folder"
+    before = _user_folder(folder)
+    argv = ["--profile", "smoke", "--backbones", "efficientnetb0", "--run-dir", str(folder)] + (["--fresh"] if fresh else [])
+    with pytest.raises(SystemExit, match=r"folder is not a steeldefect run directory and holds 3 entries "
+                                         r"\(.git, mywork, thesis.tex\); nothing was deleted or written there"):
+        experiments.main(argv)
+    assert {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")} == before
+    assert not (tmp_path / "data").exists()  # refused before the twin was written
+
+
+def test_fresh_empties_a_run_directory_and_only_that(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    monkeypatch.setattr(experiments, "_train_and_report", lambda args, run_dir, *rest: seen.append(
+        sorted(p.name for p in run_dir.iterdir())) or 0)
+    run_dir = tmp_path / "run"
+    (run_dir / "efficientnetb0" / "binary").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"steeldefect": {"version": "0.1.0"}, "profile": "smoke"}))
+    (run_dir / "report.md").write_text("old")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    (run_dir / "data").symlink_to(outside, target_is_directory=True)
+    assert experiments.main(["--profile", "smoke", "--run-dir", str(run_dir), "--fresh"]) == 0
+    assert seen == [["run.lock"]] and (outside / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backbones", "efficientnetb9"], r"--backbones: unknown backbone 'efficientnetb9'; valid: efficientnetb0, "),
+    (["--backbones", "efficientnetb0", "efficientnetb0"], "--backbones: efficientnetb0 efficientnetb0 names a backbone twice"),
+    (["--image-size", "64", "400"], r"--image-size: 64 400 is not a valid model input; height and width must be "
+                                    "positive multiples of 32"),
+    (["--image-size", "0", "320"], "--image-size: 0 320"),
+    (["--epochs", "0"], r"--epochs: 0 is too small; expected an integer >= 1"),
+    (["--batch-size", "-1"], r"--batch-size: -1 is too small"),
+    (["--twin-images", "3"], r"--twin-images: 3 is too small; expected an integer >= 10"),
+    (["--encoder-weights", "/no/such/weights.h5"], "--encoder-weights: '/no/such/weights.h5' is neither imagenet"),
+    (["--report-only", "--fresh"], "--report-only rebuilds a run.s report from its files and --fresh deletes them: use one"),
+    (["--data-dir", "d", "--twin-images", "20"], "--twin-images and --twin-root choose the synthetic twin"),
+])
+def test_bad_options_are_rejected_before_anything_is_written(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        experiments.main(["--profile", "smoke", "--run-dir", "run", *argv])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run directory, no twin
+
+
+def test_bad_data_is_rejected_before_a_run_directory_exists(tmp_path, capsys):
     root = make_layout(tmp_path / "d", HEADER_2020 + "a.jpg,9,1 1\n", ["a.jpg"])
     assert experiments.main(["--data-dir", str(root), "--run-dir", str(tmp_path / "run")]) == 2
     assert "line 2: ClassId '9' is not one of 1, 2, 3, 4" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_run_file_is_one_line_not_a_traceback(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"steeldefect": {"version": "0.1.0"}, "profile": "smoke",
+                                                    "backbones": ["efficientnetb0"], "stages": ["binary"]}))
+    (run_dir / "dataset_stats.json").write_text('{"n_images": 4')  # cut short by a kill of an older version
+    assert experiments.main(["--profile", "smoke", "--run-dir", str(run_dir), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "dataset_stats.json is not valid JSON" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit, match="not a steeldefect run directory .*nothing to report"):
+        experiments.main(["--profile", "smoke", "--run-dir", str(tmp_path / "elsewhere"), "--report-only"])
+
+
+def test_a_run_is_not_resumed_on_another_twin_or_other_settings(tmp_path, monkeypatch):
+    """The run records its twin's version, its data and every stage's settings; a resume with others is refused
+    before any training, so stages trained on two twins never mix."""
+    from steeldefect import synthetic, training
+
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_stage", interrupted)
+    argv = ["--profile", "smoke", "--backbones", "efficientnetb0", "--twin-images", "10", "--run-dir", "run"]
+    assert experiments.main(argv) == 130
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["steeldefect"]["version"] == config["versions"]["steeldefect"]
+    assert config["twin_version"] == synthetic.TWIN_VERSION and config["data"]["n_images"] == 10
+    assert config["train_configs"]["binary"]["epochs"] == 1 and config["train_configs"]["joint"]["bn_momentum"] == 0.9
+    assert experiments.main(argv) == 130  # the same command resumes
+    with pytest.raises(SystemExit, match=r"holds a run made with other settings \(classifier_epochs: 1 there, 2 now; "
+                                         r"segmentation_epochs: 1 there, 2 now; train_configs: .*--fresh"):
+        experiments.main([*argv, "--epochs", "2"])
+    monkeypatch.setattr(synthetic, "TWIN_VERSION", synthetic.TWIN_VERSION + 1)
+    with pytest.raises(SystemExit, match=rf"twin_version: {config['twin_version']} there, "
+                                         rf"{config['twin_version'] + 1} now\)\. Resume it with the command and data"):
+        experiments.main(argv)
 
 
 @pytest.mark.slow
@@ -222,3 +324,91 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     predicted = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "(256, 1600, 4) [1, 2, 3, 4]" in predicted.stdout
+
+
+def test_the_data_plan_is_decided_before_training():
+    table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(6)],
+                          "Defect_1": ["", "", "1 5", "", "", ""], "Defect_2": [""] * 6,
+                          "Defect_3": ["1 5", "1 5", "", "", "1 5", ""], "Defect_4": [""] * 6,
+                          "split": ["train", "train", "val", "test", "test", "train"]})
+    table["has_defect"] = (table[["Defect_1", "Defect_2", "Defect_3", "Defect_4"]] != "").any(axis=1)
+    plan = experiments.data_plan(table, ["binary", "multilabel", "class1", "class3"],
+                                 bad_images={"9.jpg": "a JPEG that does not decode (corrupt or truncated)"})
+    assert plan["stages"]["binary"] == {"train": 3, "val": 1, "test": 2, "not_trainable": None}
+    assert plan["stages"]["class1"] == {"train": 0, "val": 1, "test": 0,
+                                        "not_trainable": "no training image for stage class1 (train 0, val 1, test 0)"}
+    assert plan["stages"]["class3"]["val"] == 0
+    assert plan["never_predicted"] == {"1": "no training image of class 1 (1 in the whole data)",
+                                       "2": "no training image of class 2 (0 in the whole data)",
+                                       "4": "no training image of class 4 (0 in the whole data)"}
+    assert report.plan_lines(plan) == [
+        "9.jpg left out: a JPEG that does not decode (corrupt or truncated)",
+        "stage class1 is not trainable: no training image for stage class1 (train 0, val 1, test 0)",
+        "stage class3 trains without validation: no validation image (train 2, val 0, test 1)",
+        "class 1 is never predicted: no training image of class 1 (1 in the whole data)",
+        "class 2 is never predicted: no training image of class 2 (0 in the whole data)",
+        "class 4 is never predicted: no training image of class 4 (0 in the whole data)",
+    ]
+
+
+def _steel_folder(root, n=12):
+    import cv2
+
+    images = root / "train_images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(images / f"{i:09x}.jpg"), rng.integers(40, 200, (256, 1600, 3)).astype(np.uint8))
+    (root / "train.csv").write_text(HEADER_2020 + "".join(f"{i:09x}.jpg,3,{1 + 300 * i} 200\n" for i in range(0, n, 2)))
+    return root
+
+
+def test_a_bad_image_stops_the_run_before_training_or_is_skipped_and_listed(tmp_path, monkeypatch, capsys):
+    from steeldefect import training
+
+    root = _steel_folder(tmp_path / "real")
+    encoded = (root / "train_images" / "000000003.jpg").read_bytes()
+    (root / "train_images" / "000000003.jpg").write_bytes(encoded[:1000])  # an interrupted copy
+    argv = ["--profile", "smoke", "--backbones", "efficientnetb0", "--data-dir", str(root), "--run-dir",
+            str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match=r"error: 1 of 12 images in .*train_images cannot be used \(above\); fix or "
+                                         r"remove them, or pass --skip-bad-images"):
+        experiments.main(argv)
+    assert "000000003.jpg: a JPEG that does not decode (corrupt or truncated)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_stage", interrupted)
+    assert experiments.main([*argv, "--skip-bad-images"]) == 130
+    out = capsys.readouterr().out
+    assert "data: skipping 1 bad image(s) (--skip-bad-images): 000000003.jpg" in out
+    assert "data: 000000003.jpg left out: a JPEG that does not decode" in out
+    plan = json.loads((tmp_path / "run" / "data_plan.json").read_text())
+    assert list(plan["bad_images"]) == ["000000003.jpg"] and plan["stages"]["binary"]["train"] + \
+        plan["stages"]["binary"]["val"] + plan["stages"]["binary"]["test"] == 11
+    assert "000000003.jpg" not in (tmp_path / "run" / "splits.csv").read_text()
+
+
+@pytest.mark.slow
+def test_the_smoke_profile_runs_on_the_real_sample_to_its_tables(real_dir, tmp_path):
+    """The real-data path on the 43 real images (read-only: the run and its cache go elsewhere), one backbone."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "steeldefect.experiments", "--profile", "smoke", "--backbones",
+                             "efficientnetb0", "--data-dir", str(real_dir), "--run-dir", str(run_dir)],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "43 images (train 30, val 8, test 5)" in result.stdout
+    for name in ("table2.md", "table7.md", "cascade.md", "paper_comparison.md"):
+        assert (run_dir / "tables" / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["synthetic"] is False and config["twin_version"] is None and config["data"]["n_images"] == 43
+    assert "synthetic twin" not in (run_dir / "tables" / "paper_comparison.md").read_text()
+    script = ("import sys; from steeldefect.cascade import Cascade; "
+              "r = Cascade.load(sys.argv[1]).predict(sys.argv[2]); "
+              "print(r.masks.shape, r.masks.dtype, sorted(r.decisions), 0 <= r.defect_prob <= 1)")
+    image = sorted((real_dir / "train_images").iterdir())[0]
+    predicted = subprocess.run([sys.executable, "-c", script, str(run_dir), str(image)], capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert predicted.stdout.strip() == "(256, 1600, 4) bool [1, 2, 3, 4] True"

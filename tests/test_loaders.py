@@ -113,3 +113,20 @@ def test_bad_arguments(twin):
     clean = table[~table["has_defect"]]
     with pytest.raises(ValueError, match="no images for task 'multilabel' in a table of"):
         loaders.make_dataset(clean, images_dir, "multilabel", image_size=SIZE, batch_size=2)
+
+
+def test_every_real_mask_from_the_loader_equals_its_rle(real_dir):
+    """At full size the loader's masks (the pure-TF RLE decode) are exactly rle.decode of each real row."""
+    table = data.load_table(real_dir)
+    dataset = loaders.make_dataset(table, real_dir / "train_images", "masks", image_size=(256, 1600), batch_size=8)
+    batches = list(dataset)
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    masks = np.concatenate([y.numpy() for _, y in batches])
+    assert images.shape == (43, 256, 1600, 3) and masks.shape == (43, 256, 1600, 4) and masks.dtype == np.uint8
+    compared = 0
+    for i, (_, row) in enumerate(table.iterrows()):
+        for k in range(4):
+            expected = rle.decode(row[f"Defect_{k + 1}"])
+            assert np.array_equal(masks[i, :, :, k], expected), (row["ImageId"], k + 1)
+            compared += bool(expected.any())
+    assert compared == 42  # every defect row of the real train.csv

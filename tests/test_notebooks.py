@@ -101,6 +101,14 @@ def test_01_data(base):
 
 
 @pytest.mark.slow
+def test_01_data_on_the_real_sample(real_dir, tmp_path):
+    notebook = _execute("01_data.ipynb", tmp_path, DATA_DIR=str(real_dir))
+    assert "43 images" in _text(notebook) and str(real_dir) in _text(notebook)
+    assert len(_outputs(notebook, "image/png")) == 4
+    assert not (tmp_path / "data").exists()  # no twin was written
+
+
+@pytest.mark.slow
 def test_02_classification(base):
     notebook = _execute("02_classification.ipynb", base, EPOCHS=1)
     run = base / "runs" / "notebooks" / "efficientnetb0"

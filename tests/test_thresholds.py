@@ -84,3 +84,40 @@ def test_search_finds_the_thresholds_that_maximise_dice():
     assert found[1]["label_threshold"] == 0.4 and found[1]["pixel_threshold"] == 0.5
     assert found[1]["min_area"] == 2000 and found[1]["dice"] == pytest.approx(1.0)
     assert found[2]["dice"] == pytest.approx(1.0)  # nothing there, nothing predicted
+
+
+def test_decide_on_literal_cases():
+    """The cascade's one rule: an earlier reason wins (no defect, absent, empty, area), limits scaled to the masks."""
+    limits = {c: (1000, 10000) for c in (1, 2, 3, 4)}
+    defect = [0.9, 0.2, 0.9]
+    class_probs = [[0.8, 0.4, 0.8, 0.8], [0.9, 0.9, 0.9, 0.9], [np.nan, 0.6, 0.6, 0.6]]
+    # at 128x800 (a quarter of the pixels) the limits are 250-2500 px
+    areas = [[300, 300, 0, 2501], [300, 300, 300, 300], [300, 249, 2500, 0]]
+    codes = thresholds.decide(defect, class_probs, areas, mask_shape=(128, 800), limits=limits)
+    K, A, N, E, R = thresholds.KEPT, thresholds.ABSENT, thresholds.NO_DEFECT, thresholds.EMPTY, thresholds.OUT_OF_RANGE
+    assert codes.dtype == np.int8 and codes.tolist() == [[K, A, E, R], [N, N, N, N], [A, R, K, E]]
+    without_filter = thresholds.decide(defect, class_probs, areas, mask_shape=(128, 800), limits=limits,
+                                       area_filter=False)
+    assert without_filter.tolist() == [[K, A, E, K], [N, N, N, N], [A, K, K, E]]
+    ungated = thresholds.decide(defect, class_probs, areas, mask_shape=(128, 800), limits=limits, gating="none")
+    assert ungated.tolist() == [[K, K, E, R], [K, K, K, K], [K, R, K, E]]
+    per_class = thresholds.decide(defect, class_probs, areas, mask_shape=(128, 800), limits=limits,
+                                  label_thresholds=[0.9, 0.3, 0.5, 0.5])
+    assert per_class[0].tolist() == [A, K, E, R]
+    with pytest.raises(ValueError, match="gating must be one of paper, none, got 'sometimes'"):
+        thresholds.decide(defect, class_probs, areas, mask_shape=(128, 800), limits=limits, gating="sometimes")
+
+
+def test_cascade_masks_keeps_only_the_kept_classes():
+    probs = np.zeros((1, 32, 32, 4), np.float32)
+    probs[0, :10, :10, 0] = 0.7  # 100 px: 100 * 400 = 40,000 px at 256x1600
+    probs[0, :2, :2, 1] = 0.7  # 4 px: 1,600 at 256x1600
+    probs[0, :, :, 2] = 0.4  # below the pixel threshold: empty
+    limits = {1: (500, 50000), 2: (500, 1000), 3: (0, 1e9), 4: (0, 1e9)}
+    masks, areas, codes = thresholds.cascade_masks([0.9], [[0.9, 0.9, 0.9, 0.1]], probs, limits=limits)
+    assert areas.tolist() == [[100, 4, 0, 0]]
+    assert codes.tolist() == [[thresholds.KEPT, thresholds.OUT_OF_RANGE, thresholds.EMPTY, thresholds.ABSENT]]
+    assert masks.dtype == bool and masks[0, :, :, 0].sum() == 100 and not masks[0, :, :, 1:].any()
+    lower, _, _ = thresholds.cascade_masks([0.9], [[0.9, 0.9, 0.9, 0.1]], probs, limits=limits,
+                                           pixel_thresholds=[0.5, 0.5, 0.3, 0.5])
+    assert lower[0, :, :, 2].all()  # its own pixel threshold

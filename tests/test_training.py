@@ -227,3 +227,35 @@ def test_balanced_multilabel_weights_come_from_the_stage_training_images(tmp_pat
                                        pos_weight=[1.5, 4.0, 2 / 3, 4.0])
     assert isinstance(model.loss, metrics.WeightedBinaryCrossentropy)
     assert model.loss.pos_weight == pytest.approx([1.5, 4.0, 2 / 3, 4.0])
+
+
+@pytest.mark.slow
+def test_a_stage_without_validation_images_trains_on_its_training_loss(tmp_path):
+    split, images_dir = squares_table(tmp_path, n=12)
+    split.loc[split["split"] == "val", "split"] = "test"  # a small folder: nothing left for validation
+    assert training.stage_counts(split, "binary")["val"] == 0
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=1, head="simple")
+    result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=split,
+                                  images_dir=images_dir, verbose=0)
+    assert result["val"] is None and result["train"]["n_images"] == int((split["split"] == "train").sum())
+    history = training.read_history(tmp_path / "run" / "efficientnetb0" / "binary" / "history.csv")
+    assert "loss" in history.columns and "val_loss" not in history.columns and len(history) == 1
+    nothing = split.assign(split="val")
+    with pytest.raises(ValueError, match=r"efficientnetb0/binary: no training image .*record_not_trainable"):
+        training.train_stage(tmp_path / "other", "efficientnetb0", "binary", config, table=nothing,
+                             images_dir=images_dir, verbose=0)
+
+
+def test_a_stage_without_training_images_is_recorded_as_not_trainable(tmp_path):
+    table = pd.DataFrame({"ImageId": ["a.jpg", "b.jpg", "c.jpg"], "Defect_1": ["1 5", "", ""],
+                          "Defect_2": ["", "", ""], "Defect_3": ["", "1 9", ""], "Defect_4": ["", "", ""],
+                          "split": ["val", "train", "test"]})
+    table["has_defect"] = (table[["Defect_1", "Defect_2", "Defect_3", "Defect_4"]] != "").any(axis=1)
+    assert training.stage_counts(table, "class1") == {"train": 0, "val": 1, "test": 0}
+    assert training.stage_counts(table, "multilabel") == {"train": 1, "val": 1, "test": 0}
+    result = training.record_not_trainable(tmp_path, "efficientnetb0", "class1", "no training image")
+    assert training.is_done(tmp_path, "efficientnetb0", "class1")
+    assert not training.is_trained(tmp_path, "efficientnetb0", "class1")
+    saved = json.loads((tmp_path / "efficientnetb0" / "segmentation" / "class1" / "metrics.json").read_text())
+    assert saved == result == {"stage": "class1", "not_trainable": "no training image", "train": None, "val": None,
+                               "test": None}

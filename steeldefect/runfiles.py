@@ -1,0 +1,116 @@
+"""The files of a run directory: written atomically, and the mark that says a folder is a steeldefect run.
+
+Every file a run writes goes through ``write_text`` / ``write_json``: the content goes to a temporary file in the
+same folder, which is then renamed over the target (``os.replace``, atomic on POSIX and Windows). A kill at any
+moment leaves either the old file or the new one, never a half-written ``config.json`` or ``metrics.json`` that
+breaks the next command. ``run_marker`` / ``is_run_dir`` tell a run directory from a user's folder, so that
+``--fresh`` only ever empties what steeldefect made (DESIGN.md, "A run directory is the contract").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import __version__
+
+CONFIG_FILE = "config.json"
+MARK_KEY = "steeldefect"  # config.json's mark: {"version": package version, "created": local time}
+LOCK_FILE = "run.lock"
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a reader (or the next command after a kill) sees the old or the new
+    file whole."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, payload, *, indent: int | None = 2, default=None) -> Path:
+    """``write_text`` of ``payload`` as JSON (with a final newline)."""
+    return write_text(path, json.dumps(payload, indent=indent, default=default) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    """A run file's JSON; a file that is not JSON raises ``RunFileError`` naming it (never a bare JSONDecodeError)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunFileError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): the file is damaged; delete "
+                           "it to have it rebuilt, or start the run over with --fresh") from None
+
+
+class RunFileError(ValueError):
+    """A run directory's file that cannot be used as it is; the message names it and says what to do."""
+
+
+def run_marker() -> dict:
+    """The mark ``config.json`` carries: the package and its version, and when the run was created."""
+    return {"version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a steeldefect run: its ``config.json`` has the mark (``run_marker``), or is one that
+    runs wrote before the mark existed (it has the run's ``profile``, ``backbones`` and ``stages``)."""
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file() or config.is_symlink():
+        return False
+    try:
+        saved = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(saved, dict) and (MARK_KEY in saved or {"profile", "backbones", "stages"} <= set(saved))
+
+
+def foreign_entries(path: str | Path) -> list[str]:
+    """What in ``path`` keeps a run from being created or emptied there: its entries, unless it is missing, empty
+    (a left-over ``run.lock`` aside) or a run directory (``is_run_dir``)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_dir():
+        return [path.name]
+    if is_run_dir(path):
+        return []
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
+
+
+def empty_run_dir(path: str | Path, keep: tuple[str, ...] = (LOCK_FILE,)) -> None:
+    """Delete everything in a run directory but ``keep``; a symbolic link is removed, never followed.
+
+    Raises ``RunFileError`` (and deletes nothing) when ``path`` is not a run directory or an empty folder.
+    """
+    path = Path(path)
+    found = foreign_entries(path)
+    if found:
+        raise RunFileError(f"{path} is not a steeldefect run directory (no {CONFIG_FILE} with its mark) and holds "
+                           f"{listing(found)}: it will not be deleted; choose another --run-dir")
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)  # rmtree removes links inside without following them
+        else:
+            child.unlink()
+
+
+def listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown}{', ...' if len(names) > limit else ''})"

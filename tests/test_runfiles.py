@@ -1,0 +1,108 @@
+"""Run files: atomic writes that survive a kill, the run directory's mark, and emptying only what is ours."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from steeldefect import __version__, runfiles
+
+
+def test_write_is_atomic_when_the_writer_dies_before_the_rename(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    runfiles.write_json(path, {"epochs": 1})
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process is stopped between writing the temporary file and renaming it
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runfiles.write_json(path, {"epochs": 2, "padding": "x" * 100_000})
+    assert json.loads(path.read_text()) == {"epochs": 1}  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left behind
+
+
+def test_a_writer_killed_mid_way_leaves_a_whole_file(tmp_path):
+    """A child rewrites a ~2 MB JSON file in a loop and is killed with SIGKILL at some moment: the file that
+    remains is one of the versions written, whole (a plain write_text leaves a truncated file most of the time)."""
+    path = tmp_path / "metrics.json"
+    script = ("import sys\nfrom steeldefect import runfiles\ni = 0\n"
+              "while True:\n"
+              "    runfiles.write_json(sys.argv[1], {'i': i, 'values': list(range(200_000))})\n"
+              "    i += 1\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(path)])
+    try:
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    saved = json.loads(path.read_text())
+    assert saved["values"][-1] == 199_999 and saved["i"] >= 0
+
+
+def test_read_json_names_a_damaged_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"val": {"acc": 0.9')
+    with pytest.raises(runfiles.RunFileError, match=r"metrics.json is not valid JSON .*line 1.*--fresh"):
+        runfiles.read_json(path)
+
+
+def test_the_mark_tells_a_run_from_a_users_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not runfiles.is_run_dir(run) and runfiles.foreign_entries(run) == []  # empty: ours to use
+    (run / "run.lock").write_text("")
+    assert runfiles.foreign_entries(run) == []  # a lock left by a killed process does not count
+    runfiles.write_json(run / "config.json", {runfiles.MARK_KEY: runfiles.run_marker(), "profile": "smoke"})
+    assert runfiles.is_run_dir(run) and runfiles.foreign_entries(run) == []
+    marker = json.loads((run / "config.json").read_text())[runfiles.MARK_KEY]
+    assert marker["version"] == __version__ and marker["created"][:2] == "20"
+    legacy = tmp_path / "legacy"  # written before the mark existed
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps({"profile": "quick", "backbones": [], "stages": []}))
+    assert runfiles.is_run_dir(legacy)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"theme": "dark"}')  # a config.json of something else
+    (user / "thesis.tex").write_text("x")
+    assert not runfiles.is_run_dir(user)
+    assert runfiles.foreign_entries(user) == ["config.json", "thesis.tex"]
+    assert runfiles.foreign_entries(tmp_path / "missing") == []
+    (tmp_path / "file").write_text("x")
+    assert runfiles.foreign_entries(tmp_path / "file") == ["file"]
+
+
+def test_empty_run_dir_removes_links_without_following_them(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "data.txt").write_text("the user's")
+    (outside / "notes.txt").write_text("the user's")
+    run = tmp_path / "run"
+    (run / "efficientnetb0" / "binary").mkdir(parents=True)
+    runfiles.write_json(run / "config.json", {runfiles.MARK_KEY: runfiles.run_marker()})
+    (run / "efficientnetb0" / "binary" / "metrics.json").write_text("{}")
+    (run / "efficientnetb0" / "link").symlink_to(outside / "keep")  # a link inside a stage folder
+    (run / "data").symlink_to(outside, target_is_directory=True)
+    (run / "notes.txt").symlink_to(outside / "notes.txt")
+    (run / "run.lock").write_text("")
+    runfiles.empty_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == ["run.lock"]
+    assert (outside / "keep" / "data.txt").read_text() == "the user's" and (outside / "notes.txt").is_file()
+
+
+def test_empty_run_dir_refuses_a_folder_that_is_not_a_run(tmp_path):
+    folder = tmp_path / "mywork"
+    (folder / ".git").mkdir(parents=True)
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(runfiles.RunFileError,
+                       match=r"mywork is not a steeldefect run directory .* holds 2 entries \(.git, notes.txt\): it "
+                             r"will not be deleted"):
+        runfiles.empty_run_dir(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [".git", "notes.txt"]
