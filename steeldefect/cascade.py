@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from tqdm import tqdm
 
 from . import loaders, metrics, models, rle, runfiles, thresholds
@@ -99,7 +100,8 @@ class Cascade:
         multilabel: stage-2 model (4 sigmoid outputs).
         segmentation: ``{class_id: model}`` of per-class UNets (1 channel each; a class without one is never
             predicted), or ``{0: model}`` for one joint 4-channel UNet.
-        image_size: ``(height, width)`` the models take.
+        image_size: ``(height, width)`` the UNets take, and the size of the masks they give; each classifier takes
+            its own model's input size (the paper profile's take 256x512, its UNets 256x800).
         limits: area limits ``{class_id: (min, max)}`` in 256x1600 pixels (``thresholds.area_thresholds``).
         binary_threshold, label_thresholds, pixel_threshold: decision thresholds (0.5 as in the paper's source).
         gating: ``"paper"`` (stage 1 → 2 → 3) or ``"none"`` (every class segmented, area filter only).
@@ -232,48 +234,67 @@ class Cascade:
         self.calls[stage] += len(images)
         return models.predict(model, images, self.batch_size)
 
-    def probabilities(self, small: np.ndarray, gating: str | None = None):
-        """Stage outputs for model-size images: defect probs (n,), class probs (n, 4) (NaN where stage 2 did not
-        run), mask probs (n, h, w, 4) (0 where stage 3 did not run), and which (image, class) were segmented."""
+    def _model_size(self, model) -> tuple[int, int]:
+        shape = getattr(model, "input_shape", None)
+        size = tuple(shape[1:3]) if shape is not None else (None, None)
+        return size if None not in size else self.image_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The size to feed ``probabilities``: the models' one input size, or 256x1600 when they differ (each
+        stage then resizes from the full image, as prediction does)."""
+        sizes = {self._model_size(m) for m in (self.binary, self.multilabel, *self.segmentation.values())}
+        return sizes.pop() if len(sizes) == 1 else IMAGE_SHAPE
+
+    def probabilities(self, images: np.ndarray, gating: str | None = None):
+        """Stage outputs for uint8 images ``(n, H, W, 3)`` of one size (each model gets them resized to its input,
+        once per distinct size): defect probs (n,), class probs (n, 4) (NaN where stage 2 did not run), mask probs
+        (n, h, w, 4) at ``image_size`` (0 where stage 3 did not run), and which (image, class) were segmented."""
         gating = gating or self.gating
-        n = len(small)
-        defect = self._run(self.binary, small, "binary").reshape(n) if n else np.zeros(0)
+        n = len(images)
+        resized = {tuple(images.shape[1:3]): images}
+
+        def run(model, rows, stage):
+            size = self._model_size(model)
+            if size not in resized:
+                resized[size] = loaders.resize_images(images, size).numpy()
+            return self._run(model, resized[size] if rows is None else resized[size][rows], stage)
+
+        defect = run(self.binary, None, "binary").reshape(n) if n else np.zeros(0)
         class_probs = np.full((n, len(CLASS_IDS)), np.nan, np.float32)
         masks = np.zeros((n, *self.image_size, len(CLASS_IDS)), np.float32)
         if gating == "none":
-            class_probs[:] = self._run(self.multilabel, small, "multilabel") if n else 0
+            class_probs[:] = run(self.multilabel, None, "multilabel") if n else 0
             segment = np.tile([c not in self.never_predicted for c in CLASS_IDS], (n, 1))
         else:
             defective = np.flatnonzero(defect >= self.binary_threshold)
             if defective.size:
-                class_probs[defective] = self._run(self.multilabel, small[defective], "multilabel")
+                class_probs[defective] = run(self.multilabel, defective, "multilabel")
             segment = np.nan_to_num(class_probs, nan=-np.inf) >= np.asarray(self.rule()["label_thresholds"])
         if 0 in self.segmentation:
             rows = np.flatnonzero(segment.any(axis=1))
             if rows.size:
-                masks[rows] = self._run(self.segmentation[0], small[rows], "segmentation")
+                masks[rows] = run(self.segmentation[0], rows, "segmentation")
             masks *= segment[:, None, None, :]  # classes not segmented stay empty
         else:
             for k, class_id in enumerate(CLASS_IDS):
                 rows = np.flatnonzero(segment[:, k])
                 if rows.size and class_id in self.segmentation:
-                    masks[rows, :, :, k] = self._run(self.segmentation[class_id], small[rows], "segmentation")[..., 0]
+                    masks[rows, :, :, k] = run(self.segmentation[class_id], rows, "segmentation")[..., 0]
         return defect, class_probs, masks, segment
 
     def predict_batch(self, images: Sequence) -> list[CascadeResult]:
         """``predict`` for many images, each stage batched over only the images that reach it."""
         pixels = [_read_image(image) for image in images]
-        if not pixels:
-            return []
-        small = np.empty((len(pixels), *self.image_size, 3), np.uint8)
         shapes: dict[tuple[int, int], list[int]] = {}
         for i, p in enumerate(pixels):
             shapes.setdefault(p.shape[:2], []).append(i)
-        for shape, indices in shapes.items():  # one resize call per input size (usually one: 256x1600)
-            batch = np.stack([pixels[i] for i in indices])
-            small[indices] = batch if shape == self.image_size else loaders.resize_images(batch, self.image_size).numpy()
-        defect, class_probs, mask_probs, segmented = self.probabilities(small)
-        return [self._result(p, defect[i], class_probs[i], mask_probs[i], segmented[i]) for i, p in enumerate(pixels)]
+        results: list[CascadeResult | None] = [None] * len(pixels)
+        for indices in shapes.values():  # one pass per input size (usually one: 256x1600)
+            defect, class_probs, mask_probs, segmented = self.probabilities(np.stack([pixels[i] for i in indices]))
+            for j, i in enumerate(indices):
+                results[i] = self._result(pixels[i], defect[j], class_probs[j], mask_probs[j], segmented[j])
+        return results
 
     def predict(self, image) -> CascadeResult:
         """Run one image through the cascade.
@@ -486,7 +507,7 @@ def evaluate_cascade(cascade: Cascade, table: pd.DataFrame, images_dir: str | Pa
     dice = {name: [] for name in variants}
     confusion = {name: np.zeros((len(CLASS_IDS), 4), np.int64) for name in variants}  # tp, fp, fn, tn
     size = cascade.image_size
-    dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=size, batch_size=batch_size)
+    dataset = _evaluation_dataset(cascade, rows, images_dir, batch_size)
     # gating="none" runs every model on every image; the gated variants are derived from the same outputs by the
     # cascade's one decision rule (thresholds.cascade_masks), the code that predict runs.
     for images, truth in dataset:
@@ -512,12 +533,19 @@ def evaluate_cascade(cascade: Cascade, table: pd.DataFrame, images_dir: str | Pa
     return result
 
 
+def _evaluation_dataset(cascade: Cascade, rows: pd.DataFrame, images_dir, batch_size: int):
+    """Images at ``cascade.input_size`` and their true masks at the UNets' size, the size evaluation is done at."""
+    dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=cascade.input_size, batch_size=batch_size)
+    if cascade.input_size == cascade.image_size:
+        return dataset
+    return dataset.map(lambda x, y: (x, tf.image.resize(y, cascade.image_size, method="nearest")))
+
+
 def validation_outputs(cascade: Cascade, table: pd.DataFrame, images_dir: str | Path, split: str = "val",
                        batch_size: int = 16):
     """Stage outputs and true masks (at the models' size) of one split, for ``thresholds.search_thresholds``."""
     rows = table[table["split"] == split]
-    dataset = loaders.make_dataset(rows, images_dir, "masks", image_size=cascade.image_size,
-                                   batch_size=batch_size)
+    dataset = _evaluation_dataset(cascade, rows, images_dir, batch_size)
     parts = [(*cascade.probabilities(x.numpy(), gating="none")[:3], y.numpy()) for x, y in dataset]
     defect, class_probs, mask_probs, truth = (np.concatenate(p) for p in zip(*parts, strict=True))
     return defect, class_probs, mask_probs.astype(np.float16), truth

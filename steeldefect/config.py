@@ -84,12 +84,17 @@ class TrainConfig:
     # batches (precise BN): without it, inference after short runs from scratch sits at chance. 0 turns it off.
     bn_recalibration_batches: int = 25
     head: str = "paper"  # classifier head: "paper" (source pipeline's 1024-512-64) or "simple"
-    segmentation_loss: str = "dice"  # "dice" (the paper's) or "bce_dice"
+    # "sm_dice" (the source's: segmentation-models' dice_loss over the whole batch), "dice" (per-image soft Dice) or
+    # "bce_dice" (pixel BCE + per-image Dice); metrics.SEGMENTATION_LOSSES
+    segmentation_loss: str = "dice"
     # Multi-label stage: None, the paper's binary cross-entropy, or "balanced": each class's positives weighted by its
     # negatives / positives among the stage's training images (metrics.WeightedBinaryCrossentropy), or "rare": the
     # same but at least 1 (training.stage_pos_weight).
     multilabel_pos_weight: str | None = None
     augment: bool = True
+    # "ours": random flips of image and mask, brightness and contrast of the image; "source": the source pipeline's,
+    # built from Keras preprocessing layers (loaders.AUGMENTATIONS)
+    augmentation: str = "ours"
     cache: bool = True  # keep decoded, resized images in memory between epochs
     early_stopping_patience: int = 5  # epochs without val_loss improvement before stopping
     reduce_lr_patience: int = 2  # epochs without improvement before the learning rate is halved
@@ -107,16 +112,19 @@ class Profile:
     name: str
     description: str
     twin_images: int  # size of the synthetic twin used when no data folder is given
-    image_size: tuple[int, int]  # one size for every stage, so that the cascade feeds all models the same input
+    image_size: tuple[int, int]  # the UNets' input (and the classifiers' unless classifier_image_size is given)
     classifier_epochs: int
     segmentation_epochs: int
-    batch_size: int
+    batch_size: int  # the classifiers' (and the UNets' unless segmentation_batch_size is given)
     segmentation: str  # "joint" (one 4-channel UNet per backbone) or "per_class" (four UNets, as the source)
     encoder_weights: str | None
     learning_rate: float = 1e-3
     segmentation_loss: str = "dice"
     head: str = "paper"  # classifier head (TrainConfig.head)
     backbones: tuple[str, ...] = BACKBONES
+    classifier_image_size: tuple[int, int] | None = None  # None: image_size (the cascade then resizes once)
+    segmentation_batch_size: int | None = None  # None: batch_size
+    augmentation: str = "ours"  # TrainConfig.augmentation
 
     def stages(self) -> tuple[str, ...]:
         segmentation = ("joint",) if self.segmentation == "joint" else SEGMENTATION_TASKS
@@ -140,8 +148,11 @@ PROFILES: dict[str, Profile] = {
         segmentation="joint", encoder_weights=STAGE1_ENCODER, segmentation_loss="bce_dice", head="simple",
     ),
     "paper": Profile(
-        "paper", "the paper's protocol on the Kaggle data: ImageNet weights, four per-class UNets, for a GPU",
+        "paper", "the paper's protocol on the Kaggle data, as its source pipeline ran it: ImageNet weights, "
+        "classifiers at 256x512 (batch 8), four per-class UNets at 256x800 (batch 4), its loss and augmentation; for a GPU",
+        # Every setting and where it comes from: docs/design.md, "The paper profile, setting by setting".
         twin_images=0, image_size=(256, 800), classifier_epochs=20, segmentation_epochs=20, batch_size=8,
-        segmentation="per_class", encoder_weights="imagenet", learning_rate=3e-4,
+        segmentation="per_class", encoder_weights="imagenet", learning_rate=3e-4, segmentation_loss="sm_dice",
+        classifier_image_size=(256, 512), segmentation_batch_size=4, augmentation="source",
     ),
 }

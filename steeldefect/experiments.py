@@ -142,7 +142,11 @@ def estimate_remaining(finished: list[tuple[str, float, float]], todo: list[tupl
 
 
 def _settings(args, profile) -> dict:
+    """The run's settings from the profile and the options (``--image-size`` and ``--batch-size`` set every stage's)."""
     image_size = tuple(args.image_size) if args.image_size else profile.image_size
+    classifier_size = tuple(args.image_size) if args.image_size else profile.classifier_image_size or image_size
+    batch_size = profile.batch_size if args.batch_size is None else args.batch_size
+    segmentation_batch = args.batch_size if args.batch_size is not None else profile.segmentation_batch_size or batch_size
     encoder_weights = profile.encoder_weights if args.encoder_weights is None else args.encoder_weights
     if str(encoder_weights).lower() == "none":
         encoder_weights = None
@@ -151,11 +155,14 @@ def _settings(args, profile) -> dict:
         "backbones": list(args.backbones or profile.backbones),
         "stages": list(profile.stages()),
         "image_size": list(image_size),
+        "classifier_image_size": list(classifier_size),
         "classifier_epochs": profile.classifier_epochs if args.epochs is None else args.epochs,
         "segmentation_epochs": profile.segmentation_epochs if args.epochs is None else args.epochs,
-        "batch_size": profile.batch_size if args.batch_size is None else args.batch_size,
+        "batch_size": batch_size,
+        "segmentation_batch_size": segmentation_batch,
         "learning_rate": profile.learning_rate,
         "segmentation_loss": profile.segmentation_loss,
+        "augmentation": profile.augmentation,
         "multilabel_pos_weight": None if args.multilabel_pos_weight == "none" else args.multilabel_pos_weight,
         "head": profile.head,
         "encoder_weights": None if encoder_weights is None else str(encoder_weights),
@@ -168,9 +175,14 @@ def _settings(args, profile) -> dict:
 def _train_config(settings: dict, stage: str) -> TrainConfig:
     from .config import starts_from_scratch
 
-    epochs = settings["classifier_epochs"] if _kind(stage) == "classifier" else settings["segmentation_epochs"]
+    classifier = _kind(stage) == "classifier"
+    epochs = settings["classifier_epochs"] if classifier else settings["segmentation_epochs"]
+    # Runs written before per-stage sizes existed have one size and one batch for every stage.
+    image_size = settings.get("classifier_image_size", settings["image_size"]) if classifier else settings["image_size"]
+    batch_size = settings["batch_size"] if classifier else settings.get("segmentation_batch_size", settings["batch_size"])
     return TrainConfig(
-        image_size=tuple(settings["image_size"]), batch_size=settings["batch_size"], epochs=epochs,
+        image_size=tuple(image_size), batch_size=batch_size, epochs=epochs,
+        augmentation=settings.get("augmentation", "ours"),
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
         bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"],
         multilabel_pos_weight=settings.get("multilabel_pos_weight"), head=settings["head"],
@@ -377,7 +389,7 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -
     })
     print(f"run: {run_dir} · profile {profile.name} · {len(table)} images "
           f"(train {int((table['split'] == 'train').sum())}, val {int((table['split'] == 'val').sum())}, "
-          f"test {int((table['split'] == 'test').sum())}) · image size {config['image_size'][0]}x{config['image_size'][1]}")
+          f"test {int((table['split'] == 'test').sum())}) · image size {report.sizes_text(config)}")
     for line in report.plan_lines(plan):
         print(f"data: {line}")
 

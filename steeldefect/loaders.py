@@ -9,8 +9,10 @@ evaluation and the cascade share it and cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -19,7 +21,9 @@ from . import rle
 from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE
 
 TASKS = ("binary", "multilabel", "segmentation", "masks")
+AUGMENTATIONS = ("ours", "source")
 AUTOTUNE = tf.data.AUTOTUNE
+DCT_METHOD = "INTEGER_ACCURATE"  # libjpeg's JDCT_ISLOW, OpenCV's default
 
 
 def select_rows(table: pd.DataFrame, task: str, class_id: int | None = None) -> pd.DataFrame:
@@ -55,7 +59,9 @@ def resize_images(images, image_size: tuple[int, int]) -> tf.Tensor:
 
 
 def _load(path, rles, labels, *, task, class_id, image_size, mask_shape):
-    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    # The accurate integer DCT: the pixels OpenCV gives the cascade (cv2.imdecode), bit for bit; TensorFlow's
+    # default (a fast, inexact DCT) differs by up to 5 grey levels on the real images. Same decoding speed here.
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method=DCT_METHOD)
     image = tf.cond(  # full-size training skips the resize
         tf.reduce_all(tf.shape(image)[:2] == image_size), lambda: image, lambda: resize_images(image, image_size)
     )
@@ -86,6 +92,51 @@ def _augment(image, target, *, segmentation: bool):
     return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8), target
 
 
+def source_augmentation(segmentation: bool, image_size: tuple[int, int], seed: int = 0):
+    """The source pipeline's augmentation (``shared/paper/source-pipeline.md``) from Keras preprocessing layers, as a
+    function of a batch ``(uint8 images, target)``; each image of the batch draws its own transform.
+
+    Classifiers (Keras' ImageDataGenerator there): shear 0.2 degrees, zoom ±5 %, rotation ±5°, shifts up to 20 % of
+    width and height, horizontal and vertical flips, every batch. UNets: with probability 0.65 per batch, shifts up
+    to 50 px horizontally and 25 px vertically (at 256x800; scaled with the width and height), zoom in up to 10 %
+    ("zoom 0.9") and flips, each part on with probability 0.5, image and mask together; masks stay 0/1 (the layers
+    move them with nearest-neighbour sampling). Edges are filled with the nearest pixel (ImageDataGenerator's
+    default; our choice for the UNets, where the source does not say).
+    """
+    height, width = image_size
+    layers = keras.layers
+    if segmentation:
+        parts = [layers.RandomTranslation(25 / 256, 50 / 800, fill_mode="nearest", seed=seed),
+                 layers.RandomZoom((-0.1, 0.0), fill_mode="nearest", seed=seed + 1),
+                 layers.RandomFlip("horizontal", seed=seed + 2), layers.RandomFlip("vertical", seed=seed + 3)]
+        batch_p, part_p = 0.65, 0.5
+    else:
+        # ImageDataGenerator's shear_range is an angle in degrees, one shear along x; RandomShear draws the sign
+        shear = math.tan(math.radians(0.2))
+        parts = [layers.RandomShear(x_factor=shear, y_factor=0.0, fill_mode="nearest", seed=seed),
+                 layers.RandomZoom(0.05, fill_mode="nearest", seed=seed + 1),
+                 layers.RandomRotation(5 / 360, fill_mode="nearest", seed=seed + 2),
+                 layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 3),
+                 layers.RandomFlip("horizontal_and_vertical", seed=seed + 4)]
+        batch_p, part_p = 1.0, 1.0
+    generator = tf.random.Generator.from_seed(seed)
+
+    def augment(images, target):
+        batch = {"images": tf.cast(images, tf.float32)}
+        if segmentation:
+            batch["segmentation_masks"] = tf.cast(target, tf.float32)
+        on = generator.uniform(()) < batch_p
+        for layer in parts:
+            use = tf.logical_and(on, generator.uniform(()) < part_p)
+            batch = tf.cond(use, lambda b=batch, f=layer: f(b, training=True), lambda b=batch: b)
+        images = tf.cast(tf.round(tf.clip_by_value(batch["images"], 0.0, 255.0)), tf.uint8)
+        if segmentation:
+            target = tf.cast(batch["segmentation_masks"] >= 0.5, target.dtype)
+        return images, target
+
+    return augment
+
+
 def make_dataset(
     table: pd.DataFrame,
     images_dir: str | Path,
@@ -100,6 +151,7 @@ def make_dataset(
     seed: int = 0,
     mask_shape: tuple[int, int] = IMAGE_SHAPE,
     drop_remainder: bool = False,
+    augmentation: str = "ours",
 ) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` of ``(image, target)`` for one stage of the cascade.
 
@@ -114,11 +166,13 @@ def make_dataset(
         batch_size: images per batch (the last batch may be smaller).
         class_id: 1-4 for a per-class segmentation dataset.
         shuffle: reshuffle every epoch (seeded).
-        augment: random flips shared by image and mask, brightness and contrast.
+        augment: augment the images (and masks with them) by ``augmentation``.
         cache: keep decoded, resized images in memory after the first epoch.
         seed: shuffle seed.
         mask_shape: ``(height, width)`` the RLEs refer to (256x1600 for Severstal).
         drop_remainder: drop a last, smaller batch (training: keeps one batch shape, so one trace).
+        augmentation: ``"ours"`` (random flips shared by image and mask, brightness and contrast) or ``"source"``
+            (the source pipeline's, ``source_augmentation``).
 
     Returns:
         Batches of uint8 images ``(n, h, w, 3)`` (the models preprocess them) and targets: float32 labels for the
@@ -131,6 +185,8 @@ def make_dataset(
     Reproduces the inputs of the paper's three training processes (Section 3).
     """
     image_size = _check_image_size(image_size)
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
     rows = select_rows(table, task, class_id)
     if rows.empty:
         what = f"task {task!r}" + (f", class {class_id}" if class_id is not None else "")
@@ -154,6 +210,9 @@ def make_dataset(
             dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.map(load, num_parallel_calls=AUTOTUNE)
     segmentation = task in ("segmentation", "masks")
-    if augment:
+    if augment and augmentation == "ours":
         dataset = dataset.map(lambda x, y: _augment(x, y, segmentation=segmentation), num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if augment and augmentation == "source":  # per batch, as the source (one generator: deterministic, sequential)
+        dataset = dataset.map(source_augmentation(segmentation, image_size, seed))
+    return dataset.prefetch(AUTOTUNE)

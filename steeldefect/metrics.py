@@ -10,7 +10,8 @@ vanishes. Predictions are thresholded at 0.5.
 Segmentation (stage 3): the soft Dice coefficient per image, ``(2 Σ y p + s) / (Σ y + Σ p + s)`` on unthresholded
 probabilities with smoothing ``s`` (``DICE_SMOOTH`` = 1e-5, as ``sm.losses.dice_loss`` in the source), averaged over
 images; ``dice_loss = 1 - dice_coef``. The paper's per-class Dice is this mean over the images that contain the
-class. ``kaggle_mean_dice`` is the competition metric on binary masks.
+class. Its training loss, as the source trained, is segmentation-models' ``dice_loss`` (``keras_sm_dice_loss``):
+one soft Dice over every pixel of the batch rather than a mean over images. ``kaggle_mean_dice`` is the competition metric on binary masks.
 
 Tables use exact dataset-level values. The paper's numbers were most likely averages of per-batch values
 (``model.evaluate`` of batch metrics); ``batch_averaged`` gives that like-for-like form.
@@ -192,7 +193,19 @@ def keras_bce_dice_loss(y_true, y_pred):
     return bce + keras_dice_loss(y_true, y_pred)
 
 
-SEGMENTATION_LOSSES: dict[str, Callable] = {"dice": keras_dice_loss, "bce_dice": keras_bce_dice_loss}
+@keras.saving.register_keras_serializable(package="steeldefect")
+def keras_sm_dice_loss(y_true, y_pred):
+    """The source pipeline's loss, segmentation-models' own ``sm.losses.dice_loss``: one soft Dice per channel over
+    every pixel of the batch (``per_image=False``, smooth 1e-5), averaged over the channels; a scalar per batch."""
+    from .models import sm  # models sets SM_FRAMEWORK before importing segmentation_models (the one place)
+
+    return sm.losses.dice_loss(tf.cast(y_true, y_pred.dtype), y_pred)
+
+
+# "sm_dice": the source's loss (the paper profile); "dice": per-image soft Dice (every image weighs the same, whatever
+# its defect's size); "bce_dice": pixel BCE plus the per-image Dice (trains faster from random initialisation).
+SEGMENTATION_LOSSES: dict[str, Callable] = {"sm_dice": keras_sm_dice_loss, "dice": keras_dice_loss,
+                                            "bce_dice": keras_bce_dice_loss}
 
 
 def balanced_pos_weight(labels) -> np.ndarray:

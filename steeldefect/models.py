@@ -128,11 +128,25 @@ def _encoder(backbone: str, image_size: tuple[int, int], weights: Path | None) -
     )
 
 
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer inside ``model``, those of nested models included, each once (a walk over the public
+    ``.layers``)."""
+    found: dict[int, keras.layers.Layer] = {}
+    stack = list(reversed(model.layers))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in found:
+            continue
+        found[id(layer)] = layer
+        stack.extend(reversed(getattr(layer, "layers", [])))
+    return list(found.values())
+
+
 def set_bn_momentum(model: keras.Model, momentum: float | None) -> None:
     """Set the momentum of every BatchNormalization layer (nested models included)."""
     if momentum is None:
         return
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
 

@@ -379,6 +379,13 @@ def _wall_time_lines(timing: dict) -> list[str]:
     return lines + ["Minutes per stage (blank: not recorded):", "", frame.to_markdown(floatfmt=".1f", missingval=""), ""]
 
 
+def sizes_text(config: dict) -> str:
+    """The run's input sizes: ``64x320``, or ``256x800 (UNets), 256x512 (classifiers)`` where they differ."""
+    unet = "x".join(map(str, config["image_size"]))
+    classifier = "x".join(map(str, config.get("classifier_image_size") or config["image_size"]))
+    return unet if unet == classifier else f"{unet} (UNets), {classifier} (classifiers)"
+
+
 def counts_text(counts: dict) -> str:
     return ", ".join(f"{split} {n}" for split, n in counts.items())
 
@@ -441,7 +448,7 @@ def build_report(run_dir: str | Path) -> dict:
     }
     runfiles.write_json(run_dir / "results.json", results)
     lines = [f"# Run report: {run_dir.name}", "", f"Profile `{config['profile']}`, data `{config['data_dir']}`"
-             f"{' (synthetic twin)' if synthetic else ''}, image size {config['image_size']}, backbones "
+             f"{' (synthetic twin)' if synthetic else ''}, image size {sizes_text(config)}, backbones "
              f"{', '.join(backbones)}; {_training_text(config)}.", ""]
     plan = runfiles.read_json(run_dir / "data_plan.json") if (run_dir / "data_plan.json").is_file() else None
     if plan and plan_lines(plan):

@@ -21,7 +21,6 @@ import contextlib
 import csv
 import dataclasses
 import io
-import json
 import logging
 import shutil
 import time
@@ -55,6 +54,7 @@ TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attemp
 LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": per class}; absent for the paper's
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
+BACKUP_METADATA = "training_metadata.json"  # what BackupAndRestore writes after each epoch (Keras 3)
 NOT_TRAINABLE = "not_trainable"  # metrics.json key of a stage without training images: why
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
 
@@ -201,6 +201,22 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig, *, pos_wei
     return model
 
 
+def prebuild(model: keras.Model, batch) -> bool:
+    """Build the compiled loss and metrics on one batch before ``fit`` (another ~8 s off the first epoch on this
+    CPU). It uses ``Model._symbolic_build``, a Keras internal: where a release renames or changes it, ``fit`` builds
+    them itself, slower, and this returns False instead of failing."""
+    build = getattr(model, "_symbolic_build", None)
+    if build is None:
+        log.info("Model._symbolic_build is gone in Keras %s: fit builds the metrics itself", keras.__version__)
+        return False
+    try:
+        build(data_batch=batch)
+    except TypeError as err:  # a changed signature
+        log.info("Model._symbolic_build(data_batch=...) failed (%s): fit builds the metrics itself", err)
+        return False
+    return True
+
+
 def stage1_encoder(run_dir: str | Path, backbone: str) -> Path:
     """The encoder weights of ``backbone``'s trained binary classifier in ``run_dir`` (exported on first use)."""
     directory = stage_dir(run_dir, backbone, "binary")
@@ -278,7 +294,7 @@ def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batc
     forward passes in training mode with the final weights fixes that; no weight is trained. Returns the number
     of batches used.
     """
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [layer for layer in models.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
@@ -317,8 +333,19 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
 
 
 def _restored_epoch(backup_dir: Path) -> int:
-    meta = backup_dir / "training_metadata.json"
-    return int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
+    """The epoch ``keras.callbacks.BackupAndRestore`` will resume after (its ``training_metadata.json``; 0: none).
+
+    A backup folder that holds files but not that one is refused: either Keras changed its backup layout or the
+    backup is damaged, and going on would rewrite ``history.csv`` from epoch 0 over restored weights."""
+    meta = backup_dir / BACKUP_METADATA
+    if meta.is_file():
+        return int(runfiles.read_json(meta)["epoch"])
+    if backup_dir.is_dir() and any(backup_dir.iterdir()):
+        raise runfiles.RunFileError(
+            f"{backup_dir} holds {', '.join(sorted(p.name for p in backup_dir.iterdir()))} but no {BACKUP_METADATA} "
+            "(keras.callbacks.BackupAndRestore's record of the last finished epoch): the backup is damaged or from "
+            "another Keras version. Delete that folder to train this stage again from its start")
+    return 0
 
 
 def _previous_rows(history_path: Path, restored_epoch: int) -> list[dict]:
@@ -335,6 +362,7 @@ def _datasets(table: pd.DataFrame, images_dir: Path, stage: str, config: TrainCo
     return loaders.make_dataset(
         rows, images_dir, task, class_id=class_id, image_size=config.image_size,
         batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, augment=train and config.augment,
+        augmentation=config.augmentation,
         cache=config.cache if cache is None else cache, seed=config.seed,
         # A partial last batch would make Keras trace the train step again (~20 s for an EfficientNet on CPU).
         drop_remainder=train and len(loaders.select_rows(rows, task, class_id)) >= config.batch_size,
@@ -432,8 +460,7 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
         log.info("%s/%s: positives weighted per class %s", backbone, stage, np.round(pos_weight, 3).tolist())
     with precision_policy(config.mixed_precision), get_strategy(config.strategy).scope():
         model = build_stage_model(backbone, stage, config, pos_weight=pos_weight)
-        # Build the compiled metrics eagerly on one batch too (another ~8 s off the first epoch).
-        model._symbolic_build(data_batch=next(iter(train)))
+        prebuild(model, next(iter(train)))
     best_path = directory / BEST_WEIGHTS
     best_so_far = min((r[monitor] for r in rows if monitor in r), default=None)
     stage_callbacks = [

@@ -400,3 +400,26 @@ def test_a_class_without_a_model_or_training_image_is_never_predicted():
     assert ungated.predict(IMAGE).classes == [4]
     with pytest.raises(ValueError, match=r"segmentation needs models for some of classes \(1, 2, 3, 4\) or"):
         Cascade(constant_classifier([0.9]), constant_classifier([0.5] * 4), {}, SIZE)
+
+
+def test_classifiers_and_unets_of_different_input_sizes(twin):
+    """The paper profile's cascade: classifiers at one size, UNets at another; each model gets its own resize."""
+    def classifier(size, probabilities):
+        inputs = keras.Input((*size, 3))
+        layer = keras.layers.Dense(len(probabilities), activation="sigmoid")
+        outputs = layer(keras.layers.GlobalAveragePooling2D()(inputs))
+        layer.set_weights([np.zeros((3, len(probabilities)), np.float32),
+                           np.log(np.asarray(probabilities) / (1 - np.asarray(probabilities))).astype(np.float32)])
+        return keras.Model(inputs, outputs)
+
+    cascade = Cascade(classifier((32, 160), [0.9]), classifier((32, 160), [0.1, 0.1, 0.8, 0.1]),
+                      {c: constant_unet(square()) for c in (1, 2, 3, 4)}, SIZE)
+    assert cascade.input_size == (256, 1600)  # the models differ: evaluation feeds full-size images
+    result = cascade.predict(np.full((256, 1600, 3), 120, np.uint8))
+    assert result.classes == [3] and result.masks.shape == (256, 1600, 4)
+    assert make().input_size == SIZE  # one size: fed at it
+    root, table = twin
+    evaluated = cascade_module.evaluate_cascade(cascade, table.assign(split="test"), root / "train_images", "test")
+    assert evaluated["image_size"] == list(SIZE) and evaluated["n_images"] == len(table)
+    presence = evaluated["variants"]["paper cascade"]["presence"]
+    assert presence["class3"]["tp"] + presence["class3"]["fp"] == len(table)  # the square is kept in every image

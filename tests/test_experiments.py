@@ -122,12 +122,8 @@ def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
     assert signal.getsignal(signal.SIGTERM) is before  # main() in this process leaves the handler as it was
 
 
-def _tiny_data(tmp_path):
-    return make_layout(tmp_path / "d", HEADER_2020 + "a.jpg,1,1 10\n", ["a.jpg", "b.jpg", "c.jpg"])
-
-
 def test_one_process_per_run_directory(tmp_path):
-    run_dir, data_dir = tmp_path / "run", str(_tiny_data(tmp_path))
+    run_dir, data_dir = tmp_path / "run", str(_steel_folder(tmp_path / "d", n=3))
     with experiments.run_lock(run_dir):
         assert (run_dir / "run.lock").read_text().startswith(f"process {os.getpid()} on ")
         with pytest.raises(SystemExit, match=rf"{re.escape(str(run_dir))} is in use by process {os.getpid()} on .*; wait for it"):
@@ -412,3 +408,26 @@ def test_the_smoke_profile_runs_on_the_real_sample_to_its_tables(real_dir, tmp_p
     predicted = subprocess.run([sys.executable, "-c", script, str(run_dir), str(image)], capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert predicted.stdout.strip() == "(256, 1600, 4) bool [1, 2, 3, 4] True"
+
+
+def test_the_paper_profile_trains_each_stage_as_the_source_did():
+    settings = experiments._settings(experiments._parser().parse_args(["--profile", "paper"]), PROFILES["paper"])
+    binary, multilabel = experiments._train_config(settings, "binary"), experiments._train_config(settings, "multilabel")
+    unet = experiments._train_config(settings, "class3")
+    assert (binary.image_size, binary.batch_size, binary.eval_batch_size) == ((256, 512), 8, 16)
+    assert (multilabel.image_size, multilabel.batch_size) == ((256, 512), 8)
+    assert (unet.image_size, unet.batch_size, unet.segmentation_loss) == ((256, 800), 4, "sm_dice")
+    assert binary.augmentation == unet.augmentation == "source" and binary.encoder_weights == "imagenet"
+    assert PROFILES["paper"].stages() == ("binary", "multilabel", "class1", "class2", "class3", "class4")
+    # --image-size and --batch-size set every stage's
+    args = experiments._parser().parse_args(["--profile", "paper", "--image-size", "128", "416", "--batch-size", "2"])
+    small = experiments._settings(args, PROFILES["paper"])
+    assert {(c.image_size, c.batch_size) for c in (experiments._train_config(small, s) for s in ("binary", "class1"))} \
+        == {((128, 416), 2)}
+    # the other profiles keep one size and one batch, and our augmentation
+    quick = experiments._settings(experiments._parser().parse_args([]), PROFILES["quick"])
+    assert experiments._train_config(quick, "binary").image_size == experiments._train_config(quick, "joint").image_size
+    assert experiments._train_config(quick, "joint").augmentation == "ours"
+    # a run written before per-stage sizes resumes with its one size
+    old = {k: v for k, v in quick.items() if k not in ("classifier_image_size", "segmentation_batch_size", "augmentation")}
+    assert experiments._train_config(old, "binary").image_size == (64, 320)

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -130,3 +131,59 @@ def test_every_real_mask_from_the_loader_equals_its_rle(real_dir):
             assert np.array_equal(masks[i, :, :, k], expected), (row["ImageId"], k + 1)
             compared += bool(expected.any())
     assert compared == 42  # every defect row of the real train.csv
+
+
+def _square_table(tmp_path, n=32):
+    images_dir = tmp_path / "train_images"
+    images_dir.mkdir()
+    mask = np.zeros((64, 320), np.uint8)
+    mask[20:44, 100:180] = 1
+    image = np.where(mask[:, :, None] == 1, 250, 10).astype(np.uint8).repeat(3, axis=2)
+    tf.io.write_file(str(images_dir / "a.jpg"), tf.io.encode_jpeg(image, quality=100))
+    table = data.pd.DataFrame({"ImageId": ["a.jpg"] * n, "Defect_1": [rle.encode(mask)] * n,
+                               "Defect_2": [""] * n, "Defect_3": [""] * n, "Defect_4": [""] * n})
+    table["has_defect"], table["n_defects"] = True, 1
+    return table, images_dir, mask
+
+
+def test_the_source_augmentation_moves_image_and_mask_together(tmp_path):
+    """The UNets' augmentation of the source (shifts, zoom, flips from Keras layers, with probability 0.65 per batch):
+    the mask still covers the bright pixels, stays 0/1, and some batches moved while others did not."""
+    table, images_dir, mask = _square_table(tmp_path)
+    ds = loaders.make_dataset(table, images_dir, "segmentation", class_id=1, image_size=(64, 320), batch_size=4,
+                              augment=True, augmentation="source", mask_shape=(64, 320), seed=3)
+    images, masks = _all(ds)
+    assert images.dtype == np.uint8 and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    moved, kernel = 0, np.ones((3, 3), np.uint8)
+    for x, m in zip(images, masks, strict=True):
+        bright = x.mean(axis=-1) > 127
+        # image and mask agree everywhere but on the square's edge (bilinear pixels, nearest-neighbour mask)
+        assert bright[cv2.erode(m[:, :, 0], kernel) == 1].all() and not bright[cv2.dilate(m[:, :, 0], kernel) == 0].any()
+        moved += not np.array_equal(m[:, :, 0], mask)
+    assert 0 < moved < len(images)  # batches untouched (p = 0.35 + parts off) and moved ones
+    again = _all(loaders.make_dataset(table, images_dir, "segmentation", class_id=1, image_size=(64, 320),
+                                      batch_size=4, augment=True, augmentation="source", mask_shape=(64, 320), seed=3))
+    assert np.array_equal(again[1], masks)  # seeded
+
+
+def test_the_source_augmentation_of_the_classifiers_changes_every_batch(tmp_path):
+    table, images_dir, _ = _square_table(tmp_path, n=8)
+    plain, _ = _all(loaders.make_dataset(table, images_dir, "binary", image_size=(64, 320), batch_size=4,
+                                         mask_shape=(64, 320)))
+    images, labels = _all(loaders.make_dataset(table, images_dir, "binary", image_size=(64, 320), batch_size=4,
+                                               augment=True, augmentation="source", mask_shape=(64, 320)))
+    assert images.dtype == np.uint8 and labels.tolist() == [[1.0]] * 8
+    assert all(not np.array_equal(x, plain[0]) for x in images)  # shifts of up to 20 % move every image
+    with pytest.raises(ValueError, match="unknown augmentation 'heavy'; valid: ours, source"):
+        loaders.make_dataset(table, images_dir, "binary", image_size=(64, 320), batch_size=4, augmentation="heavy")
+
+
+def test_training_and_prediction_decode_real_jpegs_identically(real_dir):
+    """The loader (tf.io.decode_jpeg, accurate DCT) and the cascade (cv2.imdecode) give the same pixels."""
+    from steeldefect import cascade
+
+    table = data.load_table(real_dir)
+    images, _ = _all(loaders.make_dataset(table, real_dir / "train_images", "binary", image_size=(256, 1600),
+                                          batch_size=8))
+    for x, image_id in zip(images, table["ImageId"], strict=True):
+        assert np.array_equal(x, cascade._read_image(real_dir / "train_images" / image_id)), image_id

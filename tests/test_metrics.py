@@ -122,3 +122,22 @@ def test_weighted_bce_exact_case_and_balanced_weights():
     np.testing.assert_allclose(metrics.balanced_pos_weight([[1, 0], [1, 1], [0, 0], [1, 0]]), [1 / 3, 3.0], rtol=1e-6)
     with pytest.raises(ValueError, match=r"every class both present and absent.*positives \[2, 0\] over 2 rows"):
         metrics.balanced_pos_weight([[1, 0], [1, 0]])
+
+
+def test_the_source_loss_is_segmentation_models_dice_over_the_whole_batch():
+    from steeldefect.models import sm
+
+    truth = np.zeros((2, 4, 4, 2), np.uint8)
+    truth[0, :2, :2, 0] = 1  # image 0: 4 px of channel 0
+    truth[1, :, :, 1] = 1  # image 1: all 16 px of channel 1
+    pred = np.full((2, 4, 4, 2), 0.25, np.float32)
+    pred[0, :2, :2, 0] = 0.75
+    loss = float(metrics.SEGMENTATION_LOSSES["sm_dice"](tf.constant(truth), tf.constant(pred)))
+    assert loss == pytest.approx(float(sm.losses.dice_loss(tf.constant(truth, tf.float32), tf.constant(pred))), abs=1e-7)
+    # one Dice per channel over every pixel of the batch, smooth 1e-5, averaged over channels:
+    # channel 0: tp 3, sum(pred) 3 + 28 * 0.25 = 10, sum(truth) 4; channel 1: tp 4, sum(pred) 8, sum(truth) 16
+    s = 1e-5
+    expected = 1 - ((2 * 3 + s) / (10 + 4 + s) + (2 * 4 + s) / (8 + 16 + s)) / 2
+    assert loss == pytest.approx(expected, abs=1e-6)
+    per_image = float(tf.reduce_mean(metrics.SEGMENTATION_LOSSES["dice"](tf.constant(truth), tf.constant(pred))))
+    assert abs(per_image - loss) > 0.05  # the per-image form (an option) is another loss

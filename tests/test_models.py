@@ -2,6 +2,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
@@ -79,8 +80,15 @@ def test_preprocess_is_torch_mode():
 
 def test_bn_momentum_is_set_everywhere():
     model = models.build_unet("efficientnetb0", 1, (64, 320), None, bn_momentum=0.9)
-    momenta = {layer.momentum for layer in model._flatten_layers() if layer.__class__.__name__ == "BatchNormalization"}
+    layers = models.all_layers(model)
+    momenta = {layer.momentum for layer in layers if layer.__class__.__name__ == "BatchNormalization"}
     assert momenta == {0.9}
+    classifier = models.build_classifier("efficientnetb0", 1, (64, 320), None, head="paper")
+    found = models.all_layers(classifier)  # the encoder is a nested model: its layers are reached too
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in found) == 49 + 2  # encoder + head
+    assert len({id(layer) for layer in found}) == len(found)
+    if hasattr(classifier, "_flatten_layers"):  # the Keras internal it replaces finds the same layers
+        assert {id(x) for x in classifier._flatten_layers(include_self=False)} == {id(x) for x in found}
 
 
 def test_offline_imagenet_error_names_file_cache_and_alternatives(tmp_path, monkeypatch):

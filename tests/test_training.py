@@ -259,3 +259,30 @@ def test_a_stage_without_training_images_is_recorded_as_not_trainable(tmp_path):
     saved = json.loads((tmp_path / "efficientnetb0" / "segmentation" / "class1" / "metrics.json").read_text())
     assert saved == result == {"stage": "class1", "not_trainable": "no training image", "train": None, "val": None,
                                "test": None}
+
+
+def test_prebuild_costs_speed_not_a_crash_when_keras_changes():
+    class Renamed:  # a Keras release without Model._symbolic_build
+        pass
+
+    class Changed:
+        def _symbolic_build(self, iterator=None):  # another signature
+            raise TypeError("unexpected keyword argument 'data_batch'")
+
+    assert training.prebuild(Renamed(), None) is False
+    assert training.prebuild(Changed(), None) is False
+
+
+def test_a_backup_without_its_epoch_record_is_refused_not_overwritten(tmp_path):
+    from steeldefect import runfiles
+
+    backup = tmp_path / "backup"
+    assert training._restored_epoch(backup) == 0  # no backup: a fresh start
+    backup.mkdir()
+    assert training._restored_epoch(backup) == 0  # made, then killed before the first save
+    (backup / "latest.weights.h5").write_bytes(b"weights")
+    with pytest.raises(runfiles.RunFileError, match=r"backup holds latest.weights.h5 but no training_metadata.json .*"
+                                                    r"Delete that folder"):
+        training._restored_epoch(backup)
+    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    assert training._restored_epoch(backup) == 3
