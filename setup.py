@@ -20,6 +20,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["steeldefect", "steeldefect.*"]),
+    package_data={"steeldefect": ["realism_real.json"]},  # the real sample's statistics (numbers, no pixels)
     python_requires=">=3.10",
     install_requires=_requirements(),
     extras_require={

@@ -93,18 +93,18 @@ def repository_untouched():
 @pytest.mark.slow
 def test_01_data(base):
     notebook = _execute("01_data.ipynb", base, TWIN_IMAGES=120)
-    assert len(_outputs(notebook, "image/png")) == 4  # Figures 3, 4, the examples, Figure 9
+    assert len(_outputs(notebook, "image/png")) == 5  # Figures 3, 4, the examples, Figure 9, real against twin
     tables = "\n".join(_outputs(notebook, "text/html"))
-    for expected in ("EncodedPixels", "Defect_4", "has_defect", "paper min", "Validation"):
+    for expected in ("EncodedPixels", "Defect_4", "has_defect", "paper min", "Validation", "within target"):
         assert expected in tables
     assert "120 images" in _text(notebook) and (base / "data" / "synthetic-120" / "train.csv").is_file()
 
 
 @pytest.mark.slow
 def test_01_data_on_the_real_sample(real_dir, tmp_path):
-    notebook = _execute("01_data.ipynb", tmp_path, DATA_DIR=str(real_dir))
+    notebook = _execute("01_data.ipynb", tmp_path, DATA_DIR=str(real_dir), REAL_DIR=str(real_dir))
     assert "43 images" in _text(notebook) and str(real_dir) in _text(notebook)
-    assert len(_outputs(notebook, "image/png")) == 4
+    assert len(_outputs(notebook, "image/png")) == 5
     assert not (tmp_path / "data").exists()  # no twin was written
 
 

@@ -1,0 +1,84 @@
+"""The statistics that say how steel looks, on literal images, and real steel against the twin."""
+
+import numpy as np
+import pytest
+
+from steeldefect import realism, synthetic
+
+
+def test_unlit_strips_at_either_side():
+    grey = np.full((64, 400), 100, np.uint8)
+    assert realism.unlit_strip(grey) == 0
+    grey[:, :40] = 3
+    assert realism.unlit_strip(grey) == 40
+    grey[:, 300:] = 5  # a wider one on the right
+    assert realism.unlit_strip(grey) == 100
+    narrow = np.full((64, 400), 100, np.uint8)
+    narrow[:, :20] = 0  # a dark edge narrower than UNLIT_MIN_WIDTH is not a strip
+    assert realism.unlit_strip(narrow) == 0
+
+
+def test_streak_direction_and_spectral_slope():
+    rng = np.random.default_rng(0)
+    vertical = np.repeat(rng.integers(60, 140, (1, 512)), 128, axis=0).astype(np.uint8)  # each column one level
+    horizontal = np.repeat(rng.integers(60, 140, (128, 1)), 512, axis=1).astype(np.uint8)
+    assert realism.texture(vertical)["streak_ratio"] > 1 > realism.texture(horizontal)["streak_ratio"]
+    noise = rng.normal(100, 10, (128, 2048))
+    assert realism.texture(noise)["spectral_slope"] == pytest.approx(0.0, abs=0.15)  # white: flat spectrum
+    walk = 1000 + np.cumsum(rng.normal(0, 1, (128, 2048)), axis=1)  # a random walk along the rows: power ~ 1/f^2
+    assert realism.texture(walk)["spectral_slope"] == pytest.approx(-2.0, abs=0.3)
+    dark = np.full((128, 512), 100, np.uint8)
+    dark[:, :64] = 0
+    assert realism.texture(dark)["streak_ratio"] < 1e-3  # the unlit strip is left out of the texture
+
+
+def test_defect_contrast_components_elongation_and_orientation():
+    grey = np.full((256, 400), 100, np.uint8)
+    mask = np.zeros_like(grey)
+    grey[100:110, 100:140], mask[100:110, 100:140] = 130, 1  # 10 x 40, along the rows
+    found = realism.defect_shape(grey, mask)
+    assert found["contrast"] == pytest.approx(30.0) and found["components"] == 1
+    assert found["elongation"] == pytest.approx(4.0, rel=0.02) and found["orientation"] == pytest.approx(0.0)
+    grey[30:90, 300:305], mask[30:90, 300:305] = 80, 1  # a second one, dark and vertical
+    two = realism.defect_shape(grey, mask)
+    assert two["components"] == 2 and two["orientation"] == pytest.approx(45.0)  # median of 0 and 90
+    assert realism.defect_shape(grey, np.zeros_like(mask)) is None
+
+
+def test_compare_flags_each_target():
+    real = realism.load_real()["stats"]
+    assert realism.compare(real)["within target"].dropna().all()  # real steel meets its own targets
+    twin = {**real, "percentiles": {**real["percentiles"], "50": real["percentiles"]["50"] + 13},
+            "std": real["std"] * 1.10, "unlit_share": real["unlit_share"] + 0.11, "streak_ratio": 0.5,
+            "classes": {**real["classes"], "3": {**real["classes"]["3"],
+                                                 "abs_contrast": real["classes"]["3"]["abs_contrast"] * 1.31}}}
+    table = realism.compare(twin).set_index("statistic")
+    failed = set(table.index[table["within target"] == False])  # noqa: E712  (None: no target)
+    assert failed == {"grey level, percentile 50", "share of images with an unlit strip",
+                      "streaks: column / row variance (>1 vertical)", "class 3: |contrast| (grey levels)"}
+    assert table.loc["grey level, percentile 50", "difference"] == pytest.approx(13)
+    assert table.loc["grey level, standard deviation", "within target"]  # 10 % off: inside ±15 %
+    fig = realism.fig_compare(realism.compare(twin))
+    assert len(fig.axes) == 2
+
+
+def test_measure_a_twin(tmp_path):
+    root = synthetic.make_synthetic_severstal(tmp_path / "twin", 24, seed=0)
+    found = realism.measure(root)
+    assert found["n_images"] == 24 and set(found["percentiles"]) == {"1", "5", "25", "50", "75", "95", "99"}
+    assert found["percentiles"]["1"] <= found["percentiles"]["50"] <= found["percentiles"]["99"]
+    assert 0 <= found["unlit_share"] <= 1 and found["std"] > 0
+    assert sum(c["n_masks"] for c in found["classes"].values()) > 0
+    assert realism.measure(root, max_images=5)["n_images"] == 5
+
+
+def test_the_stored_real_numbers_are_what_measure_gives_on_the_real_sample(real_dir):
+    measured = realism.measure(real_dir)
+    stored = realism.load_real()["stats"]
+    assert measured["n_images"] == stored["n_images"] == 43
+    assert measured["percentiles"] == stored["percentiles"]
+    for key in ("std", "unlit_share", "unlit_width", "streak_ratio", "spectral_slope"):
+        assert measured[key] == pytest.approx(stored[key], rel=1e-9), key
+    for class_id, values in stored["classes"].items():
+        for key, value in values.items():
+            assert measured["classes"][class_id][key] == pytest.approx(value, rel=1e-9), (class_id, key)
