@@ -423,3 +423,27 @@ def test_classifiers_and_unets_of_different_input_sizes(twin):
     assert evaluated["image_size"] == list(SIZE) and evaluated["n_images"] == len(table)
     presence = evaluated["variants"]["paper cascade"]["presence"]
     assert presence["class3"]["tp"] + presence["class3"]["fp"] == len(table)  # the square is kept in every image
+
+
+def test_evaluate_folder_scores_each_stage_on_every_image(twin, tmp_path, capsys):
+    root, table = twin
+    found = cascade_module.evaluate_folder(make(), root)  # stage 1 always 0.9, stage 2 always (0.1, 0.1, 0.8, 0.1)
+    present = data.class_labels(table).astype(bool)
+    defective = present.any(axis=1)
+    assert found["n_images"] == len(table) == found["stage1"]["n_images"] and found["split"] == "all"
+    assert found["stage1"]["roc_auc"] == pytest.approx(0.5)  # a constant ranks nothing
+    assert found["stage1"]["accuracy"] == pytest.approx(defective.mean())
+    expected = (present[defective] == np.array([False, False, True, False])).mean()
+    assert found["stage2"]["accuracy"] == pytest.approx(expected) and found["stage2"]["n_images"] == defective.sum()
+    assert found["all_empty_dice"] == pytest.approx(1 - present.mean())
+    assert found["variants"]["paper cascade"]["kaggle_mean_dice"] is not None
+
+    _, bundle = _trained_bundle(tmp_path)
+    out_json = tmp_path / "evaluation.json"
+    assert cascade_module.main(["--run", str(bundle), "--evaluate", str(root), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(table)} images ({int(defective.sum())} defective)" in out and "stage 1: ROC AUC " in out
+    assert "Kaggle mean Dice: all masks empty " in out and json.loads(out_json.read_text())["stage2"] is not None
+    with pytest.raises(SystemExit):
+        cascade_module.main(["--run", str(bundle)])  # nothing to predict, nothing to evaluate
+    assert "give images or folders to predict, or --evaluate DATA_DIR" in capsys.readouterr().err
