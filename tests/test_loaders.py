@@ -62,17 +62,23 @@ def test_images_and_masks_are_the_files_resized(twin):
     assert np.array_equal(small[0], full[1::2, 1::2])
 
 
-def test_augmentation_keeps_masks_aligned_with_images(tmp_path):
-    """A bright square on black with its mask: after flips the mask must still cover the bright pixels."""
+def _square_table(tmp_path, n=32, rows=slice(20, 44), cols=slice(100, 180)):
+    """``n`` rows of one 64x320 image: a bright rectangle on black, with its mask as class 1."""
     images_dir = tmp_path / "train_images"
     images_dir.mkdir()
     mask = np.zeros((64, 320), np.uint8)
-    mask[5:20, 10:60] = 1
+    mask[rows, cols] = 1
     image = np.where(mask[:, :, None] == 1, 250, 10).astype(np.uint8).repeat(3, axis=2)
     tf.io.write_file(str(images_dir / "a.jpg"), tf.io.encode_jpeg(image, quality=100))
-    table = data.pd.DataFrame({"ImageId": ["a.jpg"] * 16, "Defect_1": [rle.encode(mask)] * 16,
-                               "Defect_2": [""] * 16, "Defect_3": [""] * 16, "Defect_4": [""] * 16})
+    table = data.pd.DataFrame({"ImageId": ["a.jpg"] * n, "Defect_1": [rle.encode(mask)] * n,
+                               "Defect_2": [""] * n, "Defect_3": [""] * n, "Defect_4": [""] * n})
     table["has_defect"], table["n_defects"] = True, 1
+    return table, images_dir, mask
+
+
+def test_augmentation_keeps_masks_aligned_with_images(tmp_path):
+    """A bright square on black with its mask: after flips the mask must still cover the bright pixels."""
+    table, images_dir, _ = _square_table(tmp_path, 16, slice(5, 20), slice(10, 60))
     tf.random.set_seed(0)
     ds = loaders.make_dataset(table, images_dir, "segmentation", class_id=1, image_size=(64, 320), batch_size=16,
                               augment=True, mask_shape=(64, 320))
@@ -132,19 +138,6 @@ def test_every_real_mask_from_the_loader_equals_its_rle(real_dir):
             assert np.array_equal(masks[i, :, :, k], expected), (row["ImageId"], k + 1)
             compared += bool(expected.any())
     assert compared == 42  # every defect row of the real train.csv
-
-
-def _square_table(tmp_path, n=32):
-    images_dir = tmp_path / "train_images"
-    images_dir.mkdir()
-    mask = np.zeros((64, 320), np.uint8)
-    mask[20:44, 100:180] = 1
-    image = np.where(mask[:, :, None] == 1, 250, 10).astype(np.uint8).repeat(3, axis=2)
-    tf.io.write_file(str(images_dir / "a.jpg"), tf.io.encode_jpeg(image, quality=100))
-    table = data.pd.DataFrame({"ImageId": ["a.jpg"] * n, "Defect_1": [rle.encode(mask)] * n,
-                               "Defect_2": [""] * n, "Defect_3": [""] * n, "Defect_4": [""] * n})
-    table["has_defect"], table["n_defects"] = True, 1
-    return table, images_dir, mask
 
 
 def test_the_source_augmentation_moves_image_and_mask_together(tmp_path):
