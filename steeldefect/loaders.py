@@ -92,18 +92,17 @@ def _augment(image, target, *, segmentation: bool):
     return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8), target
 
 
-def source_augmentation(segmentation: bool, image_size: tuple[int, int], seed: int = 0):
+def source_augmentation(segmentation: bool, seed: int = 0):
     """The source pipeline's augmentation (``shared/paper/source-pipeline.md``) from Keras preprocessing layers, as a
     function of a batch ``(uint8 images, target)``; each image of the batch draws its own transform.
 
     Classifiers (Keras' ImageDataGenerator there): shear 0.2 degrees, zoom ±5 %, rotation ±5°, shifts up to 20 % of
     width and height, horizontal and vertical flips, every batch. UNets: with probability 0.65 per batch, shifts up
-    to 50 px horizontally and 25 px vertically (at 256x800; scaled with the width and height), zoom in up to 10 %
+    to 50 px horizontally and 25 px vertically (at 256x800: fractions of the width and height), zoom in up to 10 %
     ("zoom 0.9") and flips, each part on with probability 0.5, image and mask together; masks stay 0/1 (the layers
     move them with nearest-neighbour sampling). Edges are filled with the nearest pixel (ImageDataGenerator's
     default; our choice for the UNets, where the source does not say).
     """
-    height, width = image_size
     layers = keras.layers
     if segmentation:
         parts = [layers.RandomTranslation(25 / 256, 50 / 800, fill_mode="nearest", seed=seed),
@@ -214,5 +213,5 @@ def make_dataset(
         dataset = dataset.map(lambda x, y: _augment(x, y, segmentation=segmentation), num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if augment and augmentation == "source":  # per batch, as the source (one generator: deterministic, sequential)
-        dataset = dataset.map(source_augmentation(segmentation, image_size, seed))
+        dataset = dataset.map(source_augmentation(segmentation, seed))
     return dataset.prefetch(AUTOTUNE)

@@ -112,9 +112,8 @@ def decide(
     n = defect.size
     probs = np.asarray(class_probs, np.float64).reshape(n, len(CLASS_IDS))
     areas = np.asarray(areas).reshape(n, len(CLASS_IDS))
-    factor = mask_shape[0] * mask_shape[1] / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
-    low = np.array([limits[c][0] for c in CLASS_IDS], np.float64) * factor
-    high = np.array([limits[c][1] for c in CLASS_IDS], np.float64) * factor
+    scaled = scale_limits(limits, mask_shape)
+    low, high = (np.array([scaled[c][i] for c in CLASS_IDS], np.float64) for i in (0, 1))
     codes = np.full((n, len(CLASS_IDS)), KEPT, np.int8)
     if area_filter:
         codes[(areas < low) | (areas > high)] = OUT_OF_RANGE
