@@ -8,11 +8,12 @@ imports nothing heavy; import the module you need.
 __version__ = "0.1.0"
 
 
-def quiet_tensorflow() -> None:
+def quiet_tensorflow(before_first_op=None) -> None:
     """Import TensorFlow with its C++ start-up logs hidden (for the command lines and notebooks; call it first).
 
     ``TF_CPP_MIN_LOG_LEVEL`` hides most of them, but absl prints a line on the process's stderr before reading it,
-    so stderr is closed while TensorFlow loads and finds its devices.
+    so stderr is closed while TensorFlow loads and finds its devices. ``before_first_op`` is called between the
+    import and TensorFlow's first operation: what must be configured at program start (a multi-worker strategy).
     """
     import logging
     import os
@@ -24,6 +25,8 @@ def quiet_tensorflow() -> None:
     try:
         import tensorflow as tf
 
+        if before_first_op is not None:
+            before_first_op()
         tf.constant(0)  # device discovery happens on the first op
         tf.get_logger().setLevel(logging.ERROR)
         tf.autograph.set_verbosity(0)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import __version__, quiet_tensorflow, runfiles
+from . import __version__, distribute, quiet_tensorflow, runfiles
 
 try:
     import fcntl
@@ -74,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="stage 2's loss: none, the paper's binary cross-entropy (default); balanced: each "
                              "class's positives weighted by its negatives / positives in the training images; "
                              "rare: the same weights, but at least 1")
-    parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default=None,
+                        help="tf.distribute: default (one device), mirrored (the GPUs of this machine), multiworker "
+                             "(the cluster of the TF_CONFIG variable; each worker runs the same command, the chief "
+                             "writes the run). Default: multiworker when TF_CONFIG names several workers, else default")
     parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
                         choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")
     parser.add_argument("--twin-images", type=int, help="size of the synthetic twin (default: the profile's)")
@@ -92,14 +96,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet(verbose: bool) -> None:
-    """Silence TensorFlow's C++ logs and Python warnings (must run before TensorFlow is imported)."""
+def _quiet(verbose: bool, before_first_op=None) -> None:
+    """Silence TensorFlow's C++ logs and Python warnings (must run before TensorFlow is imported); call
+    ``before_first_op`` before TensorFlow's first operation (``quiet_tensorflow``)."""
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        if before_first_op is not None:
+            before_first_op()
         return
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_tensorflow()
+    quiet_tensorflow(before_first_op)
+
+
+def _start_cluster() -> None:
+    """Make the multi-worker strategy (TF_CONFIG's cluster) before TensorFlow's first operation, as it requires;
+    it returns once every worker has joined."""
+    kind, index = distribute.task()
+    role = "the chief: it writes the run" if distribute.is_chief() else "not the chief: the chief writes the run"
+    print(f"cluster: {kind} {index} of {distribute.num_workers()} workers ({role}); waiting for every worker to "
+          "start", flush=True)
+    distribute.start("multiworker")
 
 
 def _duration(seconds: float) -> str:
@@ -258,6 +275,7 @@ def _prepare_run(args, run_dir: Path, settings: dict) -> dict:
 
     config = {runfiles.MARK_KEY: runfiles.run_marker(), **settings}
     config["versions"] = {"steeldefect": __version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+    config["workers"] = distribute.num_workers()  # processes that trained it (TF_CONFIG's cluster; 1 without one)
     runfiles.write_json(config_path, config)
     return config
 
@@ -309,6 +327,13 @@ def run(args) -> int:
         results = report.build_report(run_dir)
         print(f"report rebuilt from {run_dir}: {run_dir / 'report.md'}")
         return 0 if results else 1
+    if not distribute.is_chief():
+        # A worker that is not the chief trains the same steps with its files in a folder of its own and never
+        # touches the run directory: no lock, no --fresh, no check of what is there (the chief does all three).
+        loaded = None if args.data_dir is None else _load_data(args.data_dir, args.skip_bad_images)
+        scratch = distribute.scratch_dir(run_dir)
+        shutil.rmtree(scratch, ignore_errors=True)  # its state of each stage is copied from the chief's
+        return _train_and_report(args, run_dir, profile, start, loaded, scratch=scratch)
     foreign = runfiles.foreign_entries(run_dir)
     if foreign:  # never write into, let alone empty, a folder of the user's
         raise SystemExit(f"error: {run_dir} is not a steeldefect run directory and holds {runfiles.listing(foreign)}; "
@@ -340,16 +365,24 @@ def _load_data(data_dir: Path, skip_bad_images: bool):
     return table, bad
 
 
-def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -> int:
+def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None, scratch: Path | None = None) -> int:
+    """Train every stage not yet done, then (on the chief) choose and evaluate the cascade and write the report.
+
+    ``scratch``: this process is a worker but not the chief; it writes only there (``distribute.scratch_dir``)."""
     from . import cascade as cascade_lib
     from . import data, report, synthetic, thresholds, training
 
+    chief = scratch is None
     data_dir, is_synthetic = args.data_dir, args.data_dir is None
     if is_synthetic:
         n_images = args.twin_images or profile.twin_images
         data_dir = args.twin_root / f"synthetic-{n_images}"
-        print(f"data: the synthetic Severstal twin, {n_images} images, in {data_dir} (written once)")
-        synthetic.make_synthetic_severstal(data_dir, n_images, seed=0)
+        print(f"data: the synthetic Severstal twin, {n_images} images, in {data_dir} (written once"
+              f"{'' if chief else ', by the chief'})")
+        if chief:
+            synthetic.make_synthetic_severstal(data_dir, n_images, seed=0)
+        else:
+            _wait_for_twin(data_dir)
     else:
         is_synthetic = synthetic.is_twin(data_dir)  # a twin passed by --data-dir is still the twin
     table, bad_images = loaded if loaded is not None else (data.load_table(data_dir), {})
@@ -357,10 +390,12 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -
     settings.update({"data_dir": str(Path(data_dir).resolve()), "synthetic": is_synthetic,
                      "twin_version": synthetic.twin_version(data_dir) if is_synthetic else None,
                      "data": _data_fingerprint(data_dir, table), "train_configs": _train_configs(settings)})
-    config = _prepare_run(args, run_dir, settings)
+    config = _prepare_run(args, run_dir, settings) if chief else _worker_config(args, run_dir, settings)
+    # A worker reads nothing of the run that --fresh is emptying: it makes the same split from the same seed.
+    resumed = chief or not args.fresh
 
     splits_path, plan_path = run_dir / "splits.csv", run_dir / PLAN_FILE
-    if splits_path.is_file():
+    if splits_path.is_file() and resumed:
         try:
             table = data.with_split(table, splits_path)
         except data.DataError as err:
@@ -368,10 +403,13 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -
         moved = runfiles.read_json(plan_path)["moved_to_train"] if plan_path.is_file() else []
     else:
         table, moved = data.keep_classes_in_train(data.split_table(table, seed=config["seed"], keep_every_class=False))
-        runfiles.write_text(splits_path, table[["ImageId", "split"]].to_csv(index=False))
+        if chief:
+            runfiles.write_text(splits_path, table[["ImageId", "split"]].to_csv(index=False))
     # Decided before any training: what each stage gets on this data (a small folder may leave a stage without
     # validation images, or a class without training images), written into the run and its report.
     plan = data_plan(table, config["stages"], moved=moved, bad_images=bad_images)
+    if not chief:
+        return _train_as_worker(args, run_dir, scratch, config, plan, table, Path(data_dir) / "train_images", start)
     runfiles.write_json(plan_path, plan)
     stats = data.dataset_stats(table[table["split"] == "train"])
     all_stats = data.dataset_stats(table)
@@ -387,21 +425,11 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -
         "source": "2nd/98th percentiles of the training masks' areas (paper, Section 3.5)",
         "paper": {str(c): list(v) for c, v in thresholds.area_thresholds(None).items()},
     })
-    print(f"run: {run_dir} · profile {profile.name} · {len(table)} images "
-          f"(train {int((table['split'] == 'train').sum())}, val {int((table['split'] == 'val').sum())}, "
-          f"test {int((table['split'] == 'test').sum())}) · image size {report.sizes_text(config)}")
-    for line in report.plan_lines(plan):
-        print(f"data: {line}")
-
+    _print_run_line(run_dir, profile.name, table, config, plan)
+    if config["strategy"] != "default":
+        print(f"strategy: {_strategy_line(config)}")
     images_dir = Path(data_dir) / "train_images"
-    jobs = []
-    for backbone in config["backbones"]:
-        for stage in config["stages"]:
-            task, class_id = training.stage_task(stage)
-            n_train = len(training.loaders.select_rows(table[table["split"] == "train"], task, class_id))
-            train_config = _train_config(config, stage)
-            kind = _kind(stage)
-            jobs.append((backbone, stage, n_train, train_config, kind, _work(backbone, kind, n_train, train_config.epochs)))
+    jobs = _jobs(config, table)
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     trained = 0
     for index, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):
@@ -454,6 +482,106 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None) -
     if evaluation is not None:
         print("use it: steeldefect.cascade.predict(image) (this run is now the default cascade)")
     print((run_dir / "tables" / "table7.md").read_text())
+    return 0
+
+
+def _print_run_line(run_dir: Path, profile_name: str, table, config: dict, plan: dict) -> None:
+    from . import report
+
+    print(f"run: {run_dir} · profile {profile_name} · {len(table)} images "
+          f"(train {int((table['split'] == 'train').sum())}, val {int((table['split'] == 'val').sum())}, "
+          f"test {int((table['split'] == 'test').sum())}) · image size {report.sizes_text(config)}")
+    for line in report.plan_lines(plan):
+        print(f"data: {line}")
+
+
+def _jobs(config: dict, table) -> list[tuple]:
+    """Every stage to run, in order: ``(backbone, stage, training images, TrainConfig, kind, work)``."""
+    from . import loaders
+    from .training import stage_task
+
+    jobs = []
+    for backbone in config["backbones"]:
+        for stage in config["stages"]:
+            task, class_id = stage_task(stage)
+            n_train = len(loaders.select_rows(table[table["split"] == "train"], task, class_id))
+            train_config = _train_config(config, stage)
+            kind = _kind(stage)
+            jobs.append((backbone, stage, n_train, train_config, kind, _work(backbone, kind, n_train, train_config.epochs)))
+    return jobs
+
+
+def _strategy_line(config: dict) -> str:
+    """How the run's strategy divides a batch: over which devices or workers, and what each computes."""
+    from . import training
+
+    strategy = training.get_strategy(config["strategy"])
+    replicas = strategy.num_replicas_in_sync
+    where = (f"{distribute.num_workers()} worker(s), {replicas} replica(s) in all" if config["strategy"] == "multiworker"
+             else f"{replicas} device(s): {', '.join(d.split('/')[-1] for d in strategy.extended.worker_devices)}")
+    return (f"{config['strategy']} over {where}; --batch-size is the global batch ({config['batch_size']}, "
+            f"{config['segmentation_batch_size']} for the UNets), divided between the replicas, with the learning rate "
+            "of one device")
+
+
+def _wait_for_twin(data_dir: Path, timeout_s: float = 3600.0) -> None:
+    """A worker that is not the chief waits for the chief to write the twin (two writers would clash)."""
+    from . import synthetic
+
+    deadline = time.time() + timeout_s
+    while not synthetic.is_twin(data_dir):
+        if time.time() > deadline:
+            raise SystemExit(f"error: the chief has not written the synthetic twin into {data_dir} in "
+                             f"{_duration(timeout_s)}; is it running, with the same --twin-root and --twin-images?")
+        time.sleep(2.0)
+
+
+def _worker_config(args, run_dir: Path, settings: dict) -> dict:
+    """A non-chief worker's view of the run's settings: its own, after the same check as the chief's (the chief
+    refuses to resume a run made with other settings, and so does the worker, rather than wait for it)."""
+    config_path = run_dir / runfiles.CONFIG_FILE
+    if config_path.is_file() and not args.fresh:
+        saved = runfiles.read_json(config_path)
+        differing = [k for k, v in settings.items() if saved.get(k) != v]
+        if differing:
+            raise SystemExit(f"error: {run_dir} holds a run made with other settings ({', '.join(differing)}); the "
+                             "chief refuses to resume it, and so does this worker")
+    return dict(settings)
+
+
+def _train_as_worker(args, run_dir: Path, scratch: Path, config: dict, plan: dict, table, images_dir: Path,
+                     start: float) -> int:
+    """A non-chief worker's share: the same stages as the chief, in the same order, each starting from the chief's
+    state of it; its files go to ``scratch``. Evaluation, the cascade and the report are the chief's."""
+    from . import training
+
+    kind, index = distribute.task()
+    print(f"worker: {kind} {index} trains with the chief; its files go to {scratch}, the run's to {run_dir} (the "
+          "chief's)", flush=True)
+    print(f"strategy: {_strategy_line(config)}")
+    jobs = _jobs(config, table)
+    # What is done is read once, before training: later the chief marks a stage done only after every worker has
+    # trained it. With --fresh the chief empties the run, so nothing is done.
+    done = {(b, s) for b, s, *_ in jobs if not args.fresh and training.is_done(run_dir, b, s)}
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    trained = 0
+    for position, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):
+        skipped = (backbone, stage) in done or bool(plan["stages"][stage]["not_trainable"])
+        print(f"[{position}/{len(jobs)}] {backbone} · {stage} · {n_train} training images · {train_config.epochs} "
+              f"epochs{' · skipped' if skipped else ''} · elapsed {_duration(time.time() - start)}", flush=True)
+        if skipped:
+            continue
+        if not args.fresh:
+            training.mirror_chief_stage(run_dir, scratch, backbone, stage)
+        training.train_stage(scratch, backbone, stage, train_config, table=table, images_dir=images_dir,
+                             verbose=2 if not sys.stdout.isatty() else "auto", evaluate=False)
+        trained += 1
+        if stop_after and trained >= stop_after:
+            print(f"stopping after {trained} stage(s) ({STOP_AFTER_ENV})")
+            return 130
+    shutil.rmtree(scratch, ignore_errors=True)  # the chief evaluates its own copy of every stage
+    print(f"worker: training done in {_duration(time.time() - start)}; the chief evaluates the stages and writes the "
+          f"tables, the cascade and the report into {run_dir}")
     return 0
 
 
@@ -581,7 +709,15 @@ def main(argv: list[str] | None = None) -> int:
     Reproduces the paper's Section 4: Tables 2-7 and Figures 3, 4, 9, 11-13.
     """
     args = _parser().parse_args(argv)
-    _quiet(args.verbose)
+    try:
+        args.strategy = distribute.resolve(args.strategy)
+    except distribute.ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    multiworker = args.strategy == "multiworker"
+    _quiet(args.verbose, _start_cluster if multiworker else None)
+    import tensorflow as tf
+
     from . import data
 
     previous = None
@@ -598,6 +734,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except tf.errors.OpError as err:
+        if not multiworker:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        # A worker that dies (or is stopped) takes the collective operations of the others with it.
+        print(f"error: training stopped on {distribute.task()[0]} {distribute.task()[1]}: {type(err).__name__}: "
+              f"{str(err).splitlines()[0] if str(err) else ''}. In a cluster that means a worker was lost: start the "
+              "same command on every worker again to resume (finished stages are kept, the stage in progress goes "
+              "on from its last finished epoch)", file=sys.stderr)
+        return 3
     except (KeyboardInterrupt, Terminated) as err:
         print("\ninterrupted: rerun the same command to resume (finished stages are kept; the stage in progress goes on "
               "from its last finished epoch)", file=sys.stderr)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import data, loaders, metrics, models, runfiles
+from . import data, distribute, loaders, metrics, models, runfiles
 from .config import (
     CLASS_IDS,
     CLASSIFICATION_STAGES,
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 SEGMENTATION_STAGES = (*(f"class{c}" for c in CLASS_IDS), "joint")
 ALL_STAGES = (*CLASSIFICATION_STAGES, *SEGMENTATION_STAGES)
-STRATEGIES = ("default", "mirrored", "multiworker")
+STRATEGIES = distribute.STRATEGIES
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
@@ -57,9 +57,6 @@ BACKUP_DIR = "backup"
 BACKUP_METADATA = "training_metadata.json"  # what BackupAndRestore writes after each epoch (Keras 3)
 NOT_TRAINABLE = "not_trainable"  # metrics.json key of a stage without training images: why
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
-
-_strategies: dict[str, tf.distribute.Strategy] = {}
-
 
 def check_stage(stage: str) -> str:
     if stage not in ALL_STAGES:
@@ -145,16 +142,38 @@ class StageClock:
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy for ``name``, made once per process (a second MultiWorker one fails)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    if name not in _strategies:
-        _strategies[name] = {
-            "default": tf.distribute.get_strategy,
-            "mirrored": tf.distribute.MirroredStrategy,
-            "multiworker": tf.distribute.MultiWorkerMirroredStrategy,
-        }[name]()
-    return _strategies[name]
+    """The ``tf.distribute`` strategy for ``name``, made once per process (``distribute.start``; a multi-worker one
+    only before TensorFlow's first operation, as ``python -m steeldefect.experiments`` makes it)."""
+    return distribute.start(name)
+
+
+# What a worker that is not the chief copies from the chief's stage folder before it trains the stage: the state
+# that decides what its training does (resume after which epoch, from which weights, the best value so far), so
+# that both run the same steps. Nothing else of the chief's is read, nothing of the chief's written.
+_WORKER_COPIES = (models.SPEC_FILE, models.WEIGHTS_FILE, HISTORY_FILE, BEST_WEIGHTS, BACKUP_DIR)
+
+
+def mirror_chief_stage(run_dir: str | Path, scratch: str | Path, backbone: str, stage: str) -> None:
+    """Make a non-chief worker's copy of a stage (in its ``scratch`` run folder) start where the chief's does.
+
+    Its own files of the stage are replaced by the chief's training state (model, backup, history, best weights),
+    and the chief's finished binary stage is copied where the worker lacks it (a later stage starts from its
+    encoder). Safe while the chief runs: the chief changes these files only at the end of an epoch of this stage,
+    which cannot come before this worker has joined its training.
+    """
+    source, target = stage_dir(run_dir, backbone, stage), stage_dir(scratch, backbone, stage)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in _WORKER_COPIES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name)
+        elif (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    if stage != "binary" and not is_trained(scratch, backbone, "binary") and is_done(run_dir, backbone, "binary"):
+        binary, copy = stage_dir(run_dir, backbone, "binary"), stage_dir(scratch, backbone, "binary")
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in (models.SPEC_FILE, models.WEIGHTS_FILE):
+            shutil.copy2(binary / name, copy / name)
 
 
 @contextlib.contextmanager
@@ -214,7 +233,29 @@ def prebuild(model: keras.Model, batch) -> bool:
     except TypeError as err:  # a changed signature
         log.info("Model._symbolic_build(data_batch=...) failed (%s): fit builds the metrics itself", err)
         return False
+    if hasattr(model, "_maybe_symbolic_build"):
+        # Under a strategy, Keras 3.15's fit builds them again from its first distributed batch, which it first
+        # averages across the replicas with strategy.reduce: that fails under MultiWorkerMirroredStrategy (a tuple
+        # of PerReplica uint8 images is not reducible). Built already, so that step is skipped for this model.
+        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     return True
+
+
+def reducible_logs(model: keras.Model) -> None:
+    """Make ``model``'s train and test steps return each log as a one-element batch, for MultiWorkerMirroredStrategy.
+
+    Under that strategy, Keras 3.15's ``fit`` averages every step's logs across the workers with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on the scalar loss and metrics each step returns
+    ("Invalid reduction dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388). With a leading axis
+    of one, that average over the workers' values is the log itself, as with one worker.
+    """
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+
+        def batched(data, step=step):
+            return {key: tf.expand_dims(value, 0) for key, value in step(data).items()}
+
+        setattr(model, name, batched)
 
 
 def stage1_encoder(run_dir: str | Path, backbone: str) -> Path:
@@ -359,7 +400,7 @@ def _datasets(table: pd.DataFrame, images_dir: Path, stage: str, config: TrainCo
               cache: bool | None = None):
     task, class_id = stage_task(stage)
     rows = table[table["split"] == split]
-    return loaders.make_dataset(
+    dataset = loaders.make_dataset(
         rows, images_dir, task, class_id=class_id, image_size=config.image_size,
         batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, augment=train and config.augment,
         augmentation=config.augmentation,
@@ -367,6 +408,12 @@ def _datasets(table: pd.DataFrame, images_dir: Path, stage: str, config: TrainCo
         # A partial last batch would make Keras trace the train step again (~20 s for an EfficientNet on CPU).
         drop_remainder=train and len(loaders.select_rows(rows, task, class_id)) >= config.batch_size,
     )
+    # Under --strategy multiworker every worker runs this whole pipeline and keeps its share of each batch (DATA
+    # sharding: the images are one list in one dataset, not files that FILE sharding could divide). The batch size
+    # stays the global batch, so a step, an epoch and the learning rate are those of a single worker's run.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def train_stage(
@@ -379,7 +426,8 @@ def train_stage(
     images_dir: str | Path,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
-) -> dict:
+    evaluate: bool = True,
+) -> dict | None:
     """Train one stage of one backbone into its folder of ``run_dir``, evaluate it, and return its metrics.
 
     Args:
@@ -391,9 +439,11 @@ def train_stage(
         images_dir: the folder of the images.
         callbacks: extra Keras callbacks (e.g. to stop early in a test).
         verbose: Keras' ``fit`` verbosity (the progress bar by default).
+        evaluate: False trains only (a worker that is not the chief: the chief evaluates and writes the metrics).
 
     Returns:
-        The stage's metrics (``metrics.json``): the paper's metrics on train, validation and test.
+        The stage's metrics (``metrics.json``): the paper's metrics on train, validation and test; None when
+        ``evaluate`` is False.
 
     Example:
         >>> train_stage("runs/demo", "efficientnetb0", "binary", TrainConfig(epochs=2), table=split, images_dir=d)
@@ -413,6 +463,8 @@ def train_stage(
         if not (directory / models.SPEC_FILE).is_file():
             _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
                  images_dir, [clock.callback(), *callbacks], verbose)
+        if not evaluate:
+            return None
         result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
         _write_json(metrics_path, result)
     return result
@@ -461,6 +513,8 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
     with precision_policy(config.mixed_precision), get_strategy(config.strategy).scope():
         model = build_stage_model(backbone, stage, config, pos_weight=pos_weight)
         prebuild(model, next(iter(train)))
+        if config.strategy == "multiworker":
+            reducible_logs(model)
     best_path = directory / BEST_WEIGHTS
     best_so_far = min((r[monitor] for r in rows if monitor in r), default=None)
     stage_callbacks = [
