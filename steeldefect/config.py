@@ -103,6 +103,9 @@ class TrainConfig:
     mixed_precision: str | None = None  # None, "mixed_float16" or "mixed_bfloat16"
     tensorboard: bool = False
     eval_batch_size: int = 16  # the source pipeline evaluates with batch 16
+    # Keras' eager steps and an eager forward pass for evaluation: no tracing (17-22 s per B0 model on this CPU), but
+    # training steps 4-5x slower; it pays below ~7-9 steps per model (benchmarks/bench_stage_cost.py): tiny runs.
+    run_eagerly: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Profile:
     classifier_image_size: tuple[int, int] | None = None  # None: image_size (the cascade then resizes once)
     segmentation_batch_size: int | None = None  # None: batch_size
     augmentation: str = "ours"  # TrainConfig.augmentation
+    run_eagerly: bool = False  # TrainConfig.run_eagerly
 
     def stages(self) -> tuple[str, ...]:
         segmentation = ("joint",) if self.segmentation == "joint" else SEGMENTATION_TASKS
@@ -134,8 +138,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", "CI scale: a tiny twin, one epoch, all five backbones (checks the pipeline, not the numbers)",
-        twin_images=48, image_size=(64, 320), classifier_epochs=1, segmentation_epochs=1, batch_size=8,
-        segmentation="joint", encoder_weights=STAGE1_ENCODER, head="simple",
+        # 32x160 and eager steps: a stage trains 4 steps or fewer here, far below the ~7-9 steps where tracing pays
+        # (benchmarks/bench_stage_cost.py); B0 and B4 together took 7 min 14 s at 64x320 traced, 3 min 22 s so.
+        twin_images=48, image_size=(32, 160), classifier_epochs=1, segmentation_epochs=1, batch_size=8,
+        segmentation="joint", encoder_weights=STAGE1_ENCODER, head="simple", run_eagerly=True,
     ),
     "quick": Profile(
         "quick", "the default on the synthetic twin: small images, one joint UNet per backbone, stages 2-3 from stage 1's encoder",

@@ -180,6 +180,7 @@ def _settings(args, profile) -> dict:
         "learning_rate": profile.learning_rate,
         "segmentation_loss": profile.segmentation_loss,
         "augmentation": profile.augmentation,
+        "run_eagerly": profile.run_eagerly,
         "multilabel_pos_weight": None if args.multilabel_pos_weight == "none" else args.multilabel_pos_weight,
         "head": profile.head,
         "encoder_weights": None if encoder_weights is None else str(encoder_weights),
@@ -199,7 +200,7 @@ def _train_config(settings: dict, stage: str) -> TrainConfig:
     batch_size = settings["batch_size"] if classifier else settings.get("segmentation_batch_size", settings["batch_size"])
     return TrainConfig(
         image_size=tuple(image_size), batch_size=batch_size, epochs=epochs,
-        augmentation=settings.get("augmentation", "ours"),
+        augmentation=settings.get("augmentation", "ours"), run_eagerly=settings.get("run_eagerly", False),
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
         bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"],
         multilabel_pos_weight=settings.get("multilabel_pos_weight"), head=settings["head"],

@@ -269,7 +269,10 @@ def save_encoder_weights(classifier: keras.Model, path: str | Path) -> Path:
 
 def forward_fn(model: keras.Model, training: bool = False):
     """A ``tf.function`` calling ``model`` on uint8 batches of any size, traced once per model and mode (a
-    plain call retraces for every new batch size, and tracing an EfficientNet costs seconds)."""
+    plain call retraces for every new batch size, and tracing an EfficientNet costs seconds); for a model with
+    ``run_eagerly`` set, the plain eager call (tiny runs: no tracing at all)."""
+    if getattr(model, "run_eagerly", False):
+        return lambda images: model(images, training=training)
     key = "_steeldefect_forward_train" if training else "_steeldefect_forward"
     function = getattr(model, key, None)
     if function is None:

@@ -213,7 +213,7 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig, *, pos_wei
             else metrics.WeightedBinaryCrossentropy(pos_weight)
         model_metrics = metrics.keras_classification_metrics(outputs)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=model_metrics,
-                  jit_compile=False)  # XLA on CPU: 3x slower to compile and to run (measured)
+                  jit_compile=False, run_eagerly=config.run_eagerly)  # XLA on CPU: 3x slower to compile and to run (measured)
     # Create the optimizer's slots now: created inside fit's first trace they cost ~10 s (one variable at a time
     # in a graph) and make tf.function trace the train step twice.
     model.optimizer.build(model.trainable_variables)
@@ -460,12 +460,19 @@ def train_stage(
     directory.mkdir(parents=True, exist_ok=True)
     images_dir = Path(images_dir)
     with StageClock(directory) as clock:
+        model = None
         if not (directory / models.SPEC_FILE).is_file():
-            _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
-                 images_dir, [clock.callback(), *callbacks], verbose)
+            model = _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
+                         images_dir, [clock.callback(), *callbacks], verbose)
+            if stage == "binary" and config.encoder_weights == STAGE1_ENCODER:
+                models.save_encoder_weights(model, directory / ENCODER_FILE)  # the later stages start from it
         if not evaluate:
             return None
-        result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir)
+        # The model just trained is the one saved; evaluating it in memory saves rebuilding and loading it (seconds
+        # per stage). Under a strategy or mixed precision, the saved model is reloaded as the cascade will load it.
+        same = model is not None and config.strategy == "default" and config.mixed_precision is None
+        result = evaluate_stage(directory, stage, config, table=table, images_dir=images_dir,
+                                model=model if same else None)
         _write_json(metrics_path, result)
     return result
 
@@ -485,7 +492,7 @@ def stage_pos_weight(stage: str, config: TrainConfig, table: pd.DataFrame) -> np
     return np.maximum(weights, 1.0) if choice == "rare" else weights
 
 
-def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose) -> None:
+def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose) -> keras.Model:
     keras.utils.set_random_seed(config.seed)
     history_path = directory / HISTORY_FILE
     backup_dir = directory / BACKUP_DIR
@@ -541,6 +548,7 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
     models.save_model(model, directory, models.spec_of(model))  # the spec build_stage_model built it from
     best_path.unlink(missing_ok=True)
     shutil.rmtree(backup_dir, ignore_errors=True)
+    return model
 
 
 def _classification_arrays(model, rows, images_dir, stage, config) -> tuple[np.ndarray, np.ndarray]:
@@ -583,17 +591,20 @@ def _dice_summary(score: dict[str, list]) -> dict:
 
 
 def evaluate_stage(
-    directory: str | Path, stage: str, config: TrainConfig, *, table: pd.DataFrame, images_dir: str | Path
+    directory: str | Path, stage: str, config: TrainConfig, *, table: pd.DataFrame, images_dir: str | Path,
+    model: keras.Model | None = None,
 ) -> dict:
     """The paper's metrics of a saved stage on train, validation and test (exact, dataset-level).
 
     Classifiers: binary cross-entropy, acc, f1_score, precision, recall (micro over (image, class) pairs for
     multi-label) and exact match, plus ``batch_averaged``: the paper-style per-batch values. Segmentation: per
     class, the mean per-image soft Dice over the images that contain the class (the paper's definition),
-    ``dice_loss = 1 - dice_coef``, and the Dice of masks thresholded at 0.5.
+    ``dice_loss = 1 - dice_coef``, and the Dice of masks thresholded at 0.5. ``model``: the stage's model in
+    memory, the same as the one saved in ``directory`` (default: loaded from there).
     """
     directory = Path(directory)
-    model = models.load_model(directory)
+    model = models.load_model(directory) if model is None else model
+    model.run_eagerly = config.run_eagerly  # models.forward_fn then calls it without tracing
     task, class_id = stage_task(stage)
     result: dict = {"stage": stage, "image_size": list(config.image_size)}
     for split in SPLITS:
