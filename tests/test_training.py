@@ -286,3 +286,24 @@ def test_a_backup_without_its_epoch_record_is_refused_not_overwritten(tmp_path):
         training._restored_epoch(backup)
     (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
     assert training._restored_epoch(backup) == 3
+
+
+@pytest.mark.slow
+def test_an_eager_stage_is_evaluated_in_memory_as_its_saved_model_would_be(tmp_path):
+    """The smoke profile's path: eager steps, the stage evaluated with the model just trained (not reloaded), and
+    stage 1's encoder written beside it. The metrics equal those of the saved model, loaded and evaluated traced."""
+    table, images_dir = squares_table(tmp_path)
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=1, head="simple", run_eagerly=True,
+                         encoder_weights=training.STAGE1_ENCODER, bn_recalibration_batches=2)
+    result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=table,
+                                  images_dir=images_dir, verbose=0)
+    directory = training.stage_dir(tmp_path / "run", "efficientnetb0", "binary")
+    assert (directory / training.ENCODER_FILE).is_file()
+    loaded = models.load_model(directory)
+    assert not loaded.run_eagerly and models.forward_fn(loaded) is models.forward_fn(loaded)  # traced, cached
+    again = training.evaluate_stage(directory, "binary", TrainConfig(image_size=SIZE, head="simple"), table=table,
+                                    images_dir=images_dir)
+    for split in ("train", "val", "test"):
+        assert again[split].keys() == result[split].keys()
+        for key, value in result[split].items():
+            assert again[split][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (split, key)
