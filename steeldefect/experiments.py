@@ -322,6 +322,9 @@ def run(args) -> int:
     profile = PROFILES[args.profile]
     run_dir = args.run_dir or RUNS_DIR / profile.name
     if args.report_only:
+        if not distribute.is_chief():  # one writer: the chief rebuilds it
+            print(f"worker: --report-only is the chief's to run; nothing done here ({run_dir} is the chief's)")
+            return 0
         if not runfiles.is_run_dir(run_dir):
             raise SystemExit(f"error: {run_dir} is not a steeldefect run directory (no {runfiles.CONFIG_FILE} with "
                              "its mark): nothing to report")

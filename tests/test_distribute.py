@@ -215,3 +215,17 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert "strategy: mirrored over 2 device(s): device:CPU:0, device:CPU:1" in result.stdout
     metrics = json.loads((tmp_path / "run" / "efficientnetb0" / "binary" / "metrics.json").read_text())
     assert metrics["val"]["n_images"] > 0 and 0.0 <= metrics["val"]["acc"] <= 1.0
+
+
+def test_a_worker_that_is_not_the_chief_leaves_report_only_to_the_chief(tmp_path, capsys, monkeypatch):
+    from steeldefect import experiments
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("the user's")
+    monkeypatch.setenv(distribute.TF_CONFIG, tf_config(CLUSTER, "worker", 1)[distribute.TF_CONFIG])
+    args = experiments._parser().parse_args(["--report-only", "--run-dir", str(run_dir)])
+    args.strategy = "multiworker"
+    assert experiments.run(args) == 0
+    assert "worker: --report-only is the chief's to run; nothing done here" in capsys.readouterr().out
+    assert [p.name for p in run_dir.iterdir()] == ["notes.txt"]
