@@ -257,12 +257,34 @@ def _describe(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# Settings added after runs were made with this package, and what their absence in a run's config.json means: a run
+# made before them resumes as long as the new setting has that value.
+LATER_SETTINGS = {"run_eagerly": False}
+
+
+def differing_settings(saved: dict, settings: dict) -> list[str]:
+    """The keys of ``settings`` that a run's saved config.json has otherwise. A key (or a TrainConfig field in
+    ``train_configs``) that the run predates counts as equal when it has the value its absence meant (for a field,
+    its TrainConfig default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+    def same(key, old, new):
+        if key not in saved:
+            return key in LATER_SETTINGS and new == LATER_SETTINGS[key]
+        if key == "train_configs" and isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+            return all({**{k: v for k, v in defaults.items() if k not in old[stage] and k in new[stage]},
+                        **old[stage]} == new[stage] for stage in new)
+        return old == new
+
+    return [k for k, v in settings.items() if not same(k, saved.get(k), v)]
+
+
 def _prepare_run(args, run_dir: Path, settings: dict) -> dict:
     """Write config.json once, with the run's mark; a rerun must match it (else --fresh or another --run-dir)."""
     config_path = run_dir / runfiles.CONFIG_FILE
     if config_path.is_file():
         saved = runfiles.read_json(config_path)
-        differing = [k for k, v in settings.items() if saved.get(k) != v]
+        differing = differing_settings(saved, settings)
         if differing:
             changes = "; ".join(f"{k}: {_describe(saved.get(k))} there, {_describe(settings[k])} now" for k in differing)
             raise SystemExit(
@@ -546,7 +568,7 @@ def _worker_config(args, run_dir: Path, settings: dict) -> dict:
     config_path = run_dir / runfiles.CONFIG_FILE
     if config_path.is_file() and not args.fresh:
         saved = runfiles.read_json(config_path)
-        differing = [k for k, v in settings.items() if saved.get(k) != v]
+        differing = differing_settings(saved, settings)
         if differing:
             raise SystemExit(f"error: {run_dir} holds a run made with other settings ({', '.join(differing)}); the "
                              "chief refuses to resume it, and so does this worker")

@@ -431,3 +431,20 @@ def test_the_paper_profile_trains_each_stage_as_the_source_did():
     # a run written before per-stage sizes resumes with its one size
     old = {k: v for k, v in quick.items() if k not in ("classifier_image_size", "segmentation_batch_size", "augmentation")}
     assert experiments._train_config(old, "binary").image_size == (64, 320)
+
+
+def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_old_meaning():
+    quick = experiments._settings(experiments._parser().parse_args([]), PROFILES["quick"])
+    settings = {**quick, "train_configs": experiments._train_configs(quick)}
+    # config.json of a run made before run_eagerly existed: no such key, nor such field in its TrainConfigs
+    saved = {k: v for k, v in settings.items() if k != "run_eagerly"}
+    saved["train_configs"] = {stage: {k: v for k, v in c.items() if k != "run_eagerly"}
+                              for stage, c in settings["train_configs"].items()}
+    assert experiments.differing_settings(saved, settings) == []
+    # the same run resumed with the setting on is another run, and so is any other difference
+    eager = {**settings, "run_eagerly": True,
+             "train_configs": {s: {**c, "run_eagerly": True} for s, c in settings["train_configs"].items()}}
+    assert experiments.differing_settings(saved, eager) == ["run_eagerly", "train_configs"]
+    other = {**settings, "train_configs": {s: {**c, "epochs": 3} for s, c in settings["train_configs"].items()}}
+    assert experiments.differing_settings(saved, other) == ["train_configs"]
+    assert experiments.differing_settings({**saved, "seed": 1}, settings) == ["seed"]
