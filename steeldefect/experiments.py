@@ -279,18 +279,24 @@ def differing_settings(saved: dict, settings: dict) -> list[str]:
     return [k for k, v in settings.items() if not same(k, saved.get(k), v)]
 
 
+def _refuse_other_settings(run_dir: Path, saved: dict, settings: dict, who: str = "") -> None:
+    """Exit with one message naming each setting in which ``saved`` (a run's config.json) differs from ``settings``
+    (the chief and every worker refuse the same runs, with the same words)."""
+    differing = differing_settings(saved, settings)
+    if differing:
+        changes = "; ".join(f"{k}: {_describe(saved.get(k))} there, {_describe(settings[k])} now" for k in differing)
+        raise SystemExit(
+            f"error: {run_dir} holds a run made with other settings ({changes}). Resume it with the command "
+            f"and data that made it, start it over with --fresh, or choose a new --run-dir{who}"
+        )
+
+
 def _prepare_run(args, run_dir: Path, settings: dict) -> dict:
     """Write config.json once, with the run's mark; a rerun must match it (else --fresh or another --run-dir)."""
     config_path = run_dir / runfiles.CONFIG_FILE
     if config_path.is_file():
         saved = runfiles.read_json(config_path)
-        differing = differing_settings(saved, settings)
-        if differing:
-            changes = "; ".join(f"{k}: {_describe(saved.get(k))} there, {_describe(settings[k])} now" for k in differing)
-            raise SystemExit(
-                f"error: {run_dir} holds a run made with other settings ({changes}). Resume it with the command "
-                "and data that made it, start it over with --fresh, or choose a new --run-dir"
-            )
+        _refuse_other_settings(run_dir, saved, settings)
         return saved
     run_dir.mkdir(parents=True, exist_ok=True)
     import keras
@@ -456,31 +462,9 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None, s
         print(f"strategy: {_strategy_line(config)}")
     images_dir = Path(data_dir) / "train_images"
     jobs = _jobs(config, table)
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    trained = 0
-    for index, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):
-        done = training.is_done(run_dir, backbone, stage)
-        finished = [(k, w, training.stage_seconds(run_dir, b, s)) for b, s, _, _, k, w in jobs
-                    if training.is_done(run_dir, b, s)]
-        left = estimate_remaining([f for f in finished if f[2] is not None],
-                                  [(k, w) for b, s, _, _, k, w in jobs[index - 1:] if not training.is_done(run_dir, b, s)])
-        eta = f" · ETA run {_duration(left)}" if left is not None and not done else ""
-        print(f"[{index}/{len(jobs)}] {backbone} · {stage} · {n_train} training images · "
-              f"{train_config.epochs} epochs{' · done, skipped' if done else ''} · elapsed "
-              f"{_duration(time.time() - start)}{eta}", flush=True)
-        if done:
-            continue
-        reason = plan["stages"][stage]["not_trainable"]
-        if reason:
-            training.record_not_trainable(run_dir, backbone, stage, reason)
-            print(f"    not trainable: {reason}")
-            continue
-        training.train_stage(run_dir, backbone, stage, train_config, table=table, images_dir=images_dir,
-                             verbose=2 if not sys.stdout.isatty() else "auto")
-        trained += 1
-        if stop_after and trained >= stop_after:
-            print(f"stopping after {trained} stage(s) ({STOP_AFTER_ENV})")
-            return 130
+    trained, stopped = _train_stages(args, run_dir, jobs, plan, table, images_dir, start)
+    if stopped is not None:
+        return stopped
 
     final_start = time.time()
     evaluation = _build_cascade(run_dir, config, plan, table, images_dir)
@@ -567,11 +551,8 @@ def _worker_config(args, run_dir: Path, settings: dict) -> dict:
     refuses to resume a run made with other settings, and so does the worker, rather than wait for it)."""
     config_path = run_dir / runfiles.CONFIG_FILE
     if config_path.is_file() and not args.fresh:
-        saved = runfiles.read_json(config_path)
-        differing = differing_settings(saved, settings)
-        if differing:
-            raise SystemExit(f"error: {run_dir} holds a run made with other settings ({', '.join(differing)}); the "
-                             "chief refuses to resume it, and so does this worker")
+        _refuse_other_settings(run_dir, runfiles.read_json(config_path), settings,
+                               who=" (the chief refuses to resume it, and so does this worker)")
     return dict(settings)
 
 
@@ -579,36 +560,71 @@ def _train_as_worker(args, run_dir: Path, scratch: Path, config: dict, plan: dic
                      start: float) -> int:
     """A non-chief worker's share: the same stages as the chief, in the same order, each starting from the chief's
     state of it; its files go to ``scratch``. Evaluation, the cascade and the report are the chief's."""
-    from . import training
-
     kind, index = distribute.task()
     print(f"worker: {kind} {index} trains with the chief; its files go to {scratch}, the run's to {run_dir} (the "
           "chief's)", flush=True)
     print(f"strategy: {_strategy_line(config)}")
-    jobs = _jobs(config, table)
-    # What is done is read once, before training: later the chief marks a stage done only after every worker has
-    # trained it. With --fresh the chief empties the run, so nothing is done.
-    done = {(b, s) for b, s, *_ in jobs if not args.fresh and training.is_done(run_dir, b, s)}
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    trained = 0
-    for position, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):
-        skipped = (backbone, stage) in done or bool(plan["stages"][stage]["not_trainable"])
-        print(f"[{position}/{len(jobs)}] {backbone} · {stage} · {n_train} training images · {train_config.epochs} "
-              f"epochs{' · skipped' if skipped else ''} · elapsed {_duration(time.time() - start)}", flush=True)
-        if skipped:
-            continue
-        if not args.fresh:
-            training.mirror_chief_stage(run_dir, scratch, backbone, stage)
-        training.train_stage(scratch, backbone, stage, train_config, table=table, images_dir=images_dir,
-                             verbose=2 if not sys.stdout.isatty() else "auto", evaluate=False)
-        trained += 1
-        if stop_after and trained >= stop_after:
-            print(f"stopping after {trained} stage(s) ({STOP_AFTER_ENV})")
-            return 130
+    _, stopped = _train_stages(args, run_dir, _jobs(config, table), plan, table, images_dir, start, scratch=scratch)
+    if stopped is not None:
+        return stopped
     shutil.rmtree(scratch, ignore_errors=True)  # the chief evaluates its own copy of every stage
     print(f"worker: training done in {_duration(time.time() - start)}; the chief evaluates the stages and writes the "
           f"tables, the cascade and the report into {run_dir}")
     return 0
+
+
+def _train_stages(args, run_dir: Path, jobs: list, plan: dict, table, images_dir: Path, start: float,
+                  scratch: Path | None = None) -> tuple[int, int | None]:
+    """Train every stage of ``jobs`` not yet done, in order, each with its ``[i/n]`` line; the stages trained and
+    the exit code 130 where the test hook (``STEELDEFECT_STOP_AFTER_STAGES``) stops it, else None.
+
+    On the chief (``scratch`` None) a stage trains into ``run_dir`` and is evaluated there, a stage without training
+    images is recorded as not trainable, and the line carries the run's ETA. A worker that is not the chief trains
+    the same stages into ``scratch``, each starting from the chief's state of it, and evaluates nothing."""
+    from . import training
+
+    chief = scratch is None
+    # A worker reads what is done once, before training: later the chief marks a stage done only after every worker
+    # has trained it. With --fresh the chief empties the run, so nothing is done.
+    done_before = set() if chief or args.fresh else {(b, s) for b, s, *_ in jobs if training.is_done(run_dir, b, s)}
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    trained = 0
+    for index, (backbone, stage, n_train, train_config, _, _) in enumerate(jobs, start=1):
+        reason = plan["stages"][stage]["not_trainable"]
+        if chief:
+            done = training.is_done(run_dir, backbone, stage)
+            mark, eta = (" · done, skipped", "") if done else ("", _eta(run_dir, jobs, index))
+        else:
+            done = (backbone, stage) in done_before or bool(reason)
+            mark, eta = " · skipped" if done else "", ""
+        print(f"[{index}/{len(jobs)}] {backbone} · {stage} · {n_train} training images · {train_config.epochs} "
+              f"epochs{mark} · elapsed {_duration(time.time() - start)}{eta}", flush=True)
+        if done:
+            continue
+        if reason:
+            training.record_not_trainable(run_dir, backbone, stage, reason)
+            print(f"    not trainable: {reason}")
+            continue
+        if not chief and not args.fresh:
+            training.mirror_chief_stage(run_dir, scratch, backbone, stage)
+        training.train_stage(run_dir if chief else scratch, backbone, stage, train_config, table=table,
+                             images_dir=images_dir, verbose=2 if not sys.stdout.isatty() else "auto", evaluate=chief)
+        trained += 1
+        if stop_after and trained >= stop_after:
+            print(f"stopping after {trained} stage(s) ({STOP_AFTER_ENV})")
+            return trained, 130
+    return trained, None
+
+
+def _eta(run_dir: Path, jobs: list, index: int) -> str:
+    """`` · ETA run ...``: the time the stages left from ``jobs[index - 1]`` on will take, from the finished ones."""
+    from . import training
+
+    finished = [(k, w, training.stage_seconds(run_dir, b, s)) for b, s, _, _, k, w in jobs
+                if training.is_done(run_dir, b, s)]
+    left = estimate_remaining([f for f in finished if f[2] is not None],
+                              [(k, w) for b, s, _, _, k, w in jobs[index - 1:] if not training.is_done(run_dir, b, s)])
+    return f" · ETA run {_duration(left)}" if left is not None else ""
 
 
 def data_plan(table, stages, *, moved=(), bad_images=None) -> dict:
