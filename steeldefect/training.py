@@ -233,12 +233,19 @@ def prebuild(model: keras.Model, batch) -> bool:
     except TypeError as err:  # a changed signature
         log.info("Model._symbolic_build(data_batch=...) failed (%s): fit builds the metrics itself", err)
         return False
-    if hasattr(model, "_maybe_symbolic_build"):
-        # Under a strategy, Keras 3.15's fit builds them again from its first distributed batch, which it first
-        # averages across the replicas with strategy.reduce: that fails under MultiWorkerMirroredStrategy (a tuple
-        # of PerReplica uint8 images is not reducible). Built already, so that step is skipped for this model.
-        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     return True
+
+
+def skip_distributed_rebuild(model: keras.Model) -> None:
+    """After ``prebuild``, keep ``fit`` from building ``model``'s loss and metrics a second time under a
+    tf.distribute strategy.
+
+    There, Keras 3.15's ``fit`` builds them again from its first distributed batch, which it first averages across
+    the replicas with ``strategy.reduce``: that fails under MultiWorkerMirroredStrategy (a tuple of PerReplica
+    uint8 images is not reducible). Without a strategy that step does nothing, so this is applied only under one.
+    """
+    if hasattr(model, "_maybe_symbolic_build"):
+        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
 
 
 def reducible_logs(model: keras.Model) -> None:
@@ -519,7 +526,9 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
         log.info("%s/%s: positives weighted per class %s", backbone, stage, np.round(pos_weight, 3).tolist())
     with precision_policy(config.mixed_precision), get_strategy(config.strategy).scope():
         model = build_stage_model(backbone, stage, config, pos_weight=pos_weight)
-        prebuild(model, next(iter(train)))
+        built = prebuild(model, next(iter(train)))
+        if built and config.strategy != "default":
+            skip_distributed_rebuild(model)
         if config.strategy == "multiworker":
             reducible_logs(model)
     best_path = directory / BEST_WEIGHTS
