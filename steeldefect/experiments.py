@@ -247,9 +247,17 @@ def check_args(args) -> None:
 
 
 def _data_fingerprint(data_dir: Path, table) -> dict:
-    """What identifies the data a run was trained on: its train.csv's bytes and its images."""
+    """What identifies the data a run was trained on: its train.csv's bytes and its images, and for a synthetic twin
+    how it was made (its twin.json: version, size, seed, defect contrast; the same masks can be drawn at another
+    contrast)."""
+    from . import synthetic
+
     digest = hashlib.sha256((Path(data_dir) / "train.csv").read_bytes()).hexdigest()
-    return {"train_csv_sha256": digest, "n_images": len(table)}
+    fingerprint = {"train_csv_sha256": digest, "n_images": len(table)}
+    marker = Path(data_dir) / synthetic.MARKER
+    if marker.is_file():
+        fingerprint["twin"] = json.loads(marker.read_text())
+    return fingerprint
 
 
 def _describe(value) -> str:

@@ -233,9 +233,17 @@ def test_a_run_is_not_resumed_on_another_twin_or_other_settings(tmp_path, monkey
     with pytest.raises(SystemExit, match=r"holds a run made with other settings \(classifier_epochs: 1 there, 2 now; "
                                          r"segmentation_epochs: 1 there, 2 now; train_configs: .*--fresh"):
         experiments.main([*argv, "--epochs", "2"])
+    # the same masks drawn at another defect contrast are other data (train.csv alone would not tell them apart)
+    twin = synthetic.make_synthetic_severstal(tmp_path / "twin", 10, seed=0)
+    other = [*argv[:4], "--data-dir", str(twin), "--run-dir", "run-on-folder"]
+    assert experiments.main(other) == 130
+    synthetic.make_synthetic_severstal(twin, 10, seed=0, defect_contrast=3.0)
+    with pytest.raises(SystemExit, match=r"other settings \(data: .* there, .* now\)\. Resume it"):
+        experiments.main(other)
     monkeypatch.setattr(synthetic, "TWIN_VERSION", synthetic.TWIN_VERSION + 1)
     with pytest.raises(SystemExit, match=rf"twin_version: {config['twin_version']} there, "
-                                         rf"{config['twin_version'] + 1} now\)\. Resume it with the command and data"):
+                                         rf"{config['twin_version'] + 1} now; data: .*\)\. Resume it with the command "
+                                         "and data"):
         experiments.main(argv)
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import re
 
 import cv2
@@ -96,9 +97,15 @@ def test_statistics_follow_the_paper(plans):
         assert abs(rows[c] - n * count / total) <= 2, (c, rows[c])
 
 
-def test_area_percentiles_within_30_percent_of_the_paper_thresholds(plans):
+def test_area_percentiles_within_30_percent_of_the_paper_thresholds():
+    # 8,000 images (areas only, not kept): class 4 then has ~500 masks, so that its empirical 2nd percentile
+    # varies by ~12 % between seeds (with the ~130 masks of 2,000 images it varied by ~24 %, near the tolerance)
+    found = {c: [] for c in paper.AREA_THRESHOLDS}
+    for plan in synthetic.iter_plans(8000, seed=0):
+        for class_id, mask in plan.masks.items():
+            found[class_id].append(int(mask.sum()))
     for class_id, (low, high) in paper.AREA_THRESHOLDS.items():
-        areas = np.array([p.masks[class_id].sum() for p in plans if class_id in p.masks])
+        areas = np.array(found[class_id])
         p2, p98 = np.percentile(areas, [2, 98])
         assert 0.7 * low <= p2 <= 1.3 * low, (class_id, p2, low)
         assert 0.7 * high <= p98 <= 1.3 * high, (class_id, p98, high)
@@ -128,8 +135,11 @@ def test_no_background_shortcut(plans):
 
 def test_looks_vary_within_a_class(plans):
     looks = [p.looks[3] for p in plans if 3 in p.masks][:200]
-    assert np.std([look["contrast"] for look in looks]) > 0.08
-    assert np.std([look["angle"] for look in looks]) > 0.5
+    contrast = np.array([look["contrast"] for look in looks])
+    assert 0.45 < (contrast < 0).mean() < 0.75  # class-3 marks are darker or brighter than the steel around them
+    assert np.percentile(np.abs(contrast), 90) > 1.8 * np.percentile(np.abs(contrast), 10)
+    assert np.std([look["texture"] for look in looks]) > 0.15
+    assert len({look["seed"] for look in looks}) == len(looks)
     areas = [p.masks[1].sum() for p in plans if 1 in p.masks]
     assert np.percentile(areas, 90) > 4 * np.percentile(areas, 10)
 
@@ -140,3 +150,24 @@ def test_is_twin_recognises_the_marker(tmp_path):
     (tmp_path / "kaggle").mkdir()
     (tmp_path / "kaggle" / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
     assert not synthetic.is_twin(tmp_path / "kaggle") and not synthetic.is_twin(tmp_path / "missing")
+
+
+def test_defect_contrast_scales_the_defects_only(tmp_path):
+    real = list(synthetic.iter_plans(30, seed=2))
+    easy = list(synthetic.iter_plans(30, seed=2, defect_contrast=3.0))
+    for a, b in zip(real, easy, strict=True):
+        assert a.image_id == b.image_id and a.steel == b.steel and a.masks.keys() == b.masks.keys()
+        assert all(np.array_equal(a.masks[c], b.masks[c]) for c in a.masks)
+        for c in a.masks:
+            assert b.looks[c]["contrast"] == pytest.approx(3 * a.looks[c]["contrast"])
+            assert b.looks[c]["texture"] == pytest.approx(3 * a.looks[c]["texture"])
+        image_a, image_b = synthetic._render(a), synthetic._render(b)
+        if not a.masks:
+            assert np.array_equal(image_a, image_b)  # the steel itself is the same
+        else:
+            near = cv2.dilate(np.any(list(a.masks.values()), axis=0).astype(np.uint8), np.ones((15, 15), np.uint8))
+            assert np.array_equal(image_a[near == 0], image_b[near == 0])
+    root = synthetic.make_synthetic_severstal(tmp_path / "easy", 3, seed=0, defect_contrast=2.5)
+    assert json.loads((root / "twin.json").read_text())["defect_contrast"] == 2.5
+    with pytest.raises(ValueError, match="defect_contrast must be > 0, got 0"):
+        synthetic.make_synthetic_severstal(tmp_path / "none", 3, defect_contrast=0)
