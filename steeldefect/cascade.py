@@ -33,6 +33,11 @@ CASCADE_FILE = "cascade.json"
 RUNS_DIR = Path("runs")  # relative to the working directory, as experiments writes it
 LATEST_FILE = "latest.txt"  # in RUNS_DIR: the path of the latest experiments run
 GATINGS = thresholds.GATINGS
+# Test-time augmentation: the flips each stage's input is also run through, as axes of an (N, H, W, C) batch. The
+# probabilities are averaged over the copies (masks flipped back first) before any threshold.
+TTA_FLIPS: dict[str | None, tuple[tuple[int, ...], ...]] = {
+    None: ((),), "hflip": ((), (2,)), "hvflip": ((), (2,), (1,), (1, 2)),
+}
 COLOURS = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}  # RGB per class
 
 KEPT = "kept"
@@ -108,6 +113,9 @@ class Cascade:
         area_filter: apply the area limits.
         searched: per-class thresholds from ``thresholds.search_thresholds``; used when ``use_searched``.
         never_predicted: ``{class_id: why}`` of classes the cascade never predicts (e.g. no training image).
+        tta: test-time augmentation: None (off), ``"hflip"`` (the image and its left-right mirror) or ``"hvflip"``
+            (also upside down, and both: 4 copies). Each stage's probabilities are averaged over the copies (masks
+            flipped back) before the thresholds; each copy costs one more pass through the models.
 
     Example:
         >>> cascade = Cascade.load("runs/default")
@@ -119,9 +127,11 @@ class Cascade:
                  binary_threshold: float = 0.5, label_thresholds: dict[int, float] | None = None,
                  pixel_threshold: float = 0.5, gating: str = "paper", area_filter: bool = True,
                  searched: dict | None = None, use_searched: bool = False, batch_size: int = 8,
-                 never_predicted: dict[int, str] | None = None):
+                 never_predicted: dict[int, str] | None = None, tta: str | None = None):
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {', '.join(GATINGS)}, got {gating!r}")
+        if tta not in TTA_FLIPS:
+            raise ValueError(f"tta must be None, 'hflip' or 'hvflip', got {tta!r}")
         if not segmentation or not (set(segmentation) <= set(CLASS_IDS) or set(segmentation) == {0}):
             raise ValueError(f"segmentation needs models for some of classes {CLASS_IDS} or {{0: joint}}, got "
                              f"{sorted(segmentation)}")
@@ -138,6 +148,7 @@ class Cascade:
         self.gating, self.area_filter = gating, area_filter
         self.searched, self.use_searched = searched, use_searched
         self.batch_size = batch_size
+        self.tta = tta
         self.source: Path | None = None
         self.calls = {"binary": 0, "multilabel": 0, "segmentation": 0}  # images each stage has seen
 
@@ -167,6 +178,7 @@ class Cascade:
             "pixel_threshold": spec.get("pixel_threshold", 0.5),
             "searched": {int(k): v for k, v in spec["searched"].items()} if spec.get("searched") else None,
             "never_predicted": {int(k): v for k, v in (spec.get("never_predicted") or {}).items()},
+            "tta": spec.get("tta"),
         }
         settings.update(overrides)
         cascade = cls(load(spec["binary"]), load(spec["multilabel"]), segmentation, spec["image_size"], **settings)
@@ -202,6 +214,7 @@ class Cascade:
             "pixel_threshold": self.pixel_threshold,
             "searched": {str(k): v for k, v in self.searched.items()} if self.searched else None,
             "never_predicted": {str(k): v for k, v in self.never_predicted.items()},
+            "tta": self.tta,
         }
 
     # ----- prediction
@@ -231,8 +244,16 @@ class Cascade:
             area_filter=self.area_filter if area_filter is None else area_filter, **self.rule(searched))
 
     def _run(self, model, images: np.ndarray, stage: str) -> np.ndarray:
+        """``model``'s probabilities for ``images``, averaged over the TTA copies (a mask flipped back first)."""
         self.calls[stage] += len(images)
-        return models.predict(model, images, self.batch_size)
+        total = None
+        for axes in TTA_FLIPS[self.tta]:
+            found = models.predict(model, np.ascontiguousarray(np.flip(images, axes)) if axes else images,
+                                   self.batch_size)
+            if axes and found.ndim == 4:  # a mask: back to the image's orientation
+                found = np.flip(found, axes)
+            total = found if total is None else total + found
+        return total / len(TTA_FLIPS[self.tta])
 
     def _model_size(self, model) -> tuple[int, int]:
         shape = getattr(model, "input_shape", None)
@@ -622,11 +643,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission", type=Path, help="write a Kaggle submission CSV here")
     parser.add_argument("--overlays", type=Path, help="write an overlay PNG per image into this folder")
     parser.add_argument("--searched", action="store_true", help="use the thresholds searched on validation")
+    parser.add_argument("--tta", choices=("none", "hflip", "hvflip"),
+                        help="test-time augmentation: average each stage over the image's left-right mirror "
+                             "(hflip) or all four flips (hvflip); default: the cascade's own (none unless saved so)")
     parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        cascade = Cascade.load(args.run or default_cascade_path(), use_searched=args.searched)
+        tta = {} if args.tta is None else {"tta": None if args.tta == "none" else args.tta}
+        cascade = Cascade.load(args.run or default_cascade_path(), use_searched=args.searched, **tta)
     except (runfiles.RunFileError, FileNotFoundError) as err:  # CascadeError is a RunFileError
         if args.verbose:
             traceback.print_exc()

@@ -451,3 +451,63 @@ def test_evaluate_folder_scores_each_stage_on_every_image(twin, tmp_path, capsys
     with pytest.raises(SystemExit):
         cascade_module.main(["--run", str(bundle)])  # nothing to predict, nothing to evaluate
     assert "give images or folders to predict, or --evaluate DATA_DIR" in capsys.readouterr().err
+
+
+def _position_dependent_cascade(**kwargs):
+    """Stand-in stages whose outputs depend on where the bright pixels are: stage 1 and 2 weigh the columns by a
+    ramp (left 0, right 1) and stage 2 also the rows; the UNet scales each pixel by its column's ramp."""
+    ramp = tf.constant(np.linspace(0, 1, SIZE[1], dtype=np.float32))[None, None, :, None]
+    rows = tf.constant(np.linspace(0, 1, SIZE[0], dtype=np.float32))[None, :, None, None]
+    inputs = keras.Input((*SIZE, 3))
+    grey = keras.ops.mean(inputs, axis=-1, keepdims=True) / 255
+    left_right = keras.layers.Lambda(lambda g: tf.reduce_mean(g * ramp, axis=(1, 2, 3))[:, None])(grey)
+    up_down = keras.layers.Lambda(lambda g: tf.reduce_mean(g * rows, axis=(1, 2, 3))[:, None])(grey)
+    binary = keras.Model(inputs, keras.layers.Lambda(lambda v: tf.sigmoid(8 * v - 2))(left_right))
+    multilabel = keras.Model(inputs, keras.layers.Lambda(
+        lambda v: tf.sigmoid(tf.concat([8 * v[0] - 2, 8 * v[1] - 2, 8 * v[0] - 1, 8 * v[1] - 1], axis=1)))(
+        [left_right, up_down]))
+    unet = keras.Model(inputs, keras.layers.Lambda(lambda g: tf.tile(g * ramp, (1, 1, 1, 4)))(grey))
+    return Cascade(binary, multilabel, {0: unet}, SIZE, gating="none", **kwargs)
+
+
+def test_flip_tta_averages_each_stage_over_the_flipped_copies(tmp_path):
+    images = np.zeros((2, *SIZE, 3), np.uint8)
+    images[0, :, : SIZE[1] // 4] = 255  # bright at the left
+    images[1, : SIZE[0] // 2, -40:] = 200  # bright at the top right
+    plain = _position_dependent_cascade().probabilities(images)
+    for tta, flips in (("hflip", [(), (2,)]), ("hvflip", [(), (2,), (1,), (1, 2)])):
+        cascade = _position_dependent_cascade(tta=tta)
+        defect, class_probs, masks, _ = cascade.probabilities(images)
+        copies = [_position_dependent_cascade().probabilities(np.ascontiguousarray(np.flip(images, axes)))
+                  for axes in flips]
+        np.testing.assert_allclose(defect, np.mean([c[0] for c in copies], axis=0), rtol=1e-5)
+        np.testing.assert_allclose(class_probs, np.mean([c[1] for c in copies], axis=0), rtol=1e-5)
+        back = [np.flip(c[2], axes) if axes else c[2] for c, axes in zip(copies, flips, strict=True)]
+        np.testing.assert_allclose(masks, np.mean(back, axis=0), rtol=1e-5, atol=1e-6)
+        assert cascade.calls == {"binary": 2, "multilabel": 2, "segmentation": 2}  # images seen, not copies
+    assert not np.allclose(plain[0], _position_dependent_cascade(tta="hflip").probabilities(images)[0])
+    # a mirrored image's mask, mirrored back, is what the cascade predicts for the image itself (up to float noise)
+    hflip = _position_dependent_cascade(tta="hflip")
+    mirrored = hflip.probabilities(np.ascontiguousarray(images[:, :, ::-1]))[2]
+    np.testing.assert_allclose(mirrored[:, :, ::-1], hflip.probabilities(images)[2], atol=1e-6)
+    with pytest.raises(ValueError, match="tta must be None, 'hflip' or 'hvflip', got 'rot90'"):
+        _position_dependent_cascade(tta="rot90")
+
+
+def test_tta_is_saved_with_the_cascade_and_chosen_on_load_and_on_the_command_line(tmp_path, capsys):
+    cascade, bundle = _trained_bundle(tmp_path)
+    image = np.random.default_rng(1).integers(0, 256, (*SIZE, 3)).astype(np.uint8)
+    plain = cascade.predict(image).defect_prob
+    mirrored = cascade.predict(np.ascontiguousarray(image[:, ::-1])).defect_prob
+    assert Cascade.load(bundle).tta is None and json.loads((bundle / "cascade.json").read_text())["tta"] is None
+    flipped = Cascade.load(bundle, gating="none", area_filter=False, tta="hflip")
+    assert flipped.predict(image).defect_prob == pytest.approx((plain + mirrored) / 2, abs=1e-6)
+    saved = flipped.save(tmp_path / "with-tta")
+    assert Cascade.load(saved).tta == "hflip"  # a saved cascade keeps its TTA
+    path = tmp_path / "image.jpg"
+    cv2.imwrite(str(path), image)
+    decoded = cascade_module._read_image(path)
+    for option, expected in (("none", cascade.predict(decoded).defect_prob),
+                             ("hflip", flipped.predict(decoded).defect_prob)):
+        assert cascade_module.main(["--run", str(saved), "--tta", option, str(path)]) == 0
+        assert f"image.jpg: defect p={expected:.2f}" in capsys.readouterr().out
