@@ -79,13 +79,19 @@ def texture(grey: np.ndarray) -> dict[str, float]:
     return {"streak_ratio": float(ratio), "spectral_slope": float(slope)}
 
 
+def surroundings(mask: np.ndarray) -> np.ndarray:
+    """The steel around a defect that its contrast is measured against: the ``RING``-pixel band outside ``mask``."""
+    mask = mask.astype(np.uint8)
+    return cv2.dilate(mask, np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(bool) & ~mask.astype(bool)
+
+
 def defect_shape(grey: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
     """A defect's contrast (mean grey inside minus the ring of steel around it), its connected components, and
     their median elongation (major / minor axis) and orientation (|angle| of the major axis from horizontal, 0-90°)."""
     mask = mask.astype(np.uint8)
     if not mask.any():
         return None
-    ring = cv2.dilate(mask, np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(bool) & ~mask.astype(bool)
+    ring = surroundings(mask)
     lit = grey >= UNLIT_LEVEL
     inside, around = grey[mask.astype(bool) & lit], grey[ring & lit]
     contrast = float(inside.mean() - around.mean()) if inside.size and around.size else float("nan")

@@ -37,9 +37,9 @@ import cv2
 import numpy as np
 import scipy.fft
 
-from . import rle
+from . import realism, rle
 from .config import CLASS_IDS, IMAGE_SHAPE
-from .realism import RING, UNLIT_LEVEL
+from .realism import UNLIT_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _set_contrast(image: np.ndarray, mask: np.ndarray, contrast: float) -> np.nd
     """Shift the defect (with a soft edge) so that its mean grey minus that of the steel around it (the ring that
     ``realism.defect_shape`` measures) is ``contrast``."""
     inside = mask.astype(bool)
-    ring = cv2.dilate(mask, np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(bool) & ~inside
+    ring = realism.surroundings(mask)
     if not inside.any() or not ring.any():
         return image
     soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
