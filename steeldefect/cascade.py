@@ -5,6 +5,8 @@ classifier (which classes) for images predicted defective, the segmentation mode
 present, and the area filter (``thresholds``), and says for each class why it was kept or dropped.
 ``steeldefect.cascade.predict(image)`` does the same with the default cascade (``$STEELDEFECT_CASCADE`` or the
 latest experiments run). ``python -m steeldefect.cascade`` predicts from the command line.
+``Cascade.export`` writes the whole cascade as one SavedModel that needs TensorFlow only (or TFLite stages that
+``TFLiteCascade`` runs); ``python -m steeldefect.cascade export`` does it from the command line.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -44,6 +49,22 @@ KEPT = "kept"
 NO_DEFECT = "dropped: stage 1 predicted no defect"
 ABSENT = "dropped: stage 2 probability below its threshold"
 EMPTY = "dropped: stage 3 predicted an empty mask"
+# An exported cascade's ``decisions`` output: thresholds.decide's codes per (image, class).
+DECISION_CODES = {thresholds.NO_DEFECT: NO_DEFECT, thresholds.ABSENT: ABSENT, thresholds.EMPTY: EMPTY,
+                  thresholds.OUT_OF_RANGE: "dropped: area outside the class's limits", thresholds.KEPT: KEPT}
+
+EXPORT_FORMATS = ("savedmodel", "tflite")
+TFLITE_PRECISIONS = ("float32", "float16")
+METADATA_FILE = "metadata.json"  # an exported cascade's record of itself (a SavedModel's: assets/metadata.json)
+SERVING_SIGNATURE = "serving_default"
+# The exported SavedModel's outputs, per image of the input batch (N, H, W, 3) uint8.
+EXPORT_OUTPUTS = {
+    "masks": "(N, H, W, 4) bool: the masks kept, at the input's size (channel = class_id - 1)",
+    "defect_prob": "(N,) float32: stage 1's defect probability",
+    "class_probs": "(N, 4) float32: stage 2's class probabilities, NaN where stage 2 did not run",
+    "areas": "(N, 4) int32: each predicted mask's area at the input's size before the area filter (0: not segmented)",
+    "decisions": "(N, 4) int32: why each class was kept or dropped (metadata's decision_codes)",
+}
 
 
 class CascadeError(runfiles.RunFileError, RuntimeError):
@@ -60,6 +81,7 @@ class CascadeResult:
     areas: dict[int, int]  # predicted area per class at the input's size, before the area filter
     rles: dict[int, str]
     decisions: dict[int, str] = field(default_factory=dict)
+    codes: np.ndarray | None = None  # (4,) the decisions as ``thresholds.decide`` codes (``DECISION_CODES``)
 
     @property
     def classes(self) -> list[int]:
@@ -171,16 +193,7 @@ class Cascade:
         base = spec_path.parent.resolve()
         load = lambda rel: models.load_model(_resolve(base, rel))  # noqa: E731
         segmentation = {int(k): load(v) for k, v in spec["segmentation"].items()}
-        settings = {
-            "limits": {int(k): tuple(v) for k, v in spec["limits"].items()},
-            "binary_threshold": spec.get("binary_threshold", 0.5),
-            "label_thresholds": {int(k): v for k, v in spec.get("label_thresholds", {}).items()} or None,
-            "pixel_threshold": spec.get("pixel_threshold", 0.5),
-            "searched": {int(k): v for k, v in spec["searched"].items()} if spec.get("searched") else None,
-            "never_predicted": {int(k): v for k, v in (spec.get("never_predicted") or {}).items()},
-            "tta": spec.get("tta"),
-        }
-        settings.update(overrides)
+        settings = {**_settings(spec), **overrides}
         cascade = cls(load(spec["binary"]), load(spec["multilabel"]), segmentation, spec["image_size"], **settings)
         cascade.source = base
         return cascade
@@ -204,6 +217,75 @@ class Cascade:
                                       for k in self.segmentation}})
         runfiles.write_json(path / CASCADE_FILE, spec)
         return path
+
+    def export(self, path: str | Path, format: str = "savedmodel", *, precision: str = "float32") -> Path:
+        """Write the cascade as a deployable artefact that needs TensorFlow only (no steeldefect, no
+        segmentation-models).
+
+        Args:
+            path: a new folder.
+            format: ``"savedmodel"``: one SavedModel holding the three stages, this cascade's gating, area filter,
+                thresholds (the searched ones when ``use_searched``) and TTA; ``tf.saved_model.load(path)`` and its
+                ``serving_default`` signature (``EXPORT_OUTPUTS``) run it. ``"tflite"``: each stage as a
+                ``.tflite`` file and ``metadata.json``; ``TFLiteCascade.load(path)`` runs them through the same
+                decision code as this class.
+            precision: the TFLite weights, ``"float32"`` or ``"float16"`` (half the size).
+
+        Both write ``metadata.json`` (a SavedModel as its asset ``assets/metadata.json``): backbones, each stage's
+        input size, the thresholds and limits, the decision codes, the steeldefect and TensorFlow versions.
+        A SavedModel can run any TensorFlow op: load only one from a path you trust.
+
+        Example:
+            >>> Cascade.load("runs/default").export("deploy/cascade")
+            >>> served = tf.saved_model.load("deploy/cascade").signatures["serving_default"]
+            >>> served(images=tf.constant(batch))["masks"]  # batch: uint8 (N, 256, 1600, 3)
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+        if precision not in TFLITE_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(TFLITE_PRECISIONS)}, got {precision!r}")
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not empty: export into a new folder (nothing was written)")
+        for name, model in self._stages().items():
+            if not isinstance(model, keras.Model):
+                raise CascadeError(f"the {name} stage is a {type(model).__name__}, not a Keras model: only a "
+                                   "cascade of Keras models can be exported")
+        if format == "savedmodel":
+            return _export_savedmodel(self, path)
+        return _export_tflite(self, path, precision)
+
+    def _stages(self) -> dict:
+        """The models by stage name: ``binary``, ``multilabel``, ``segmentation_joint`` or ``segmentation_class<k>``."""
+        return {"binary": self.binary, "multilabel": self.multilabel,
+                **{f"segmentation_{'joint' if k == 0 else f'class{k}'}": m for k, m in self.segmentation.items()}}
+
+    def metadata(self, format: str) -> dict:
+        """What an exported cascade records about itself (``export``): JSON-safe, an infinite limit is null."""
+        from . import __version__
+
+        rule = self.rule()
+        finite = lambda v: None if v == float("inf") else float(v)  # noqa: E731
+        pixel = np.broadcast_to(np.asarray(rule["pixel_thresholds"], np.float64), (len(CLASS_IDS),))
+        stages = {}
+        for name, model in self._stages().items():
+            spec = models.spec_of(model) or {}
+            stages[name] = {"backbone": spec.get("backbone"), "input_size": list(self._model_size(model)),
+                            "outputs": int(model.output_shape[-1])}
+        return {
+            "format": format, "steeldefect_version": __version__, "tensorflow_version": tf.__version__,
+            "stages": stages, "mask_size": list(self.image_size),
+            "gating": self.gating, "area_filter": self.area_filter, "tta": self.tta,
+            "thresholds": "searched on validation" if self.use_searched and self.searched else "paper",
+            "binary_threshold": float(rule["binary_threshold"]),
+            "label_thresholds": {str(c): finite(v) for c, v in zip(CLASS_IDS, rule["label_thresholds"], strict=True)},
+            "pixel_thresholds": {str(c): float(v) for c, v in zip(CLASS_IDS, pixel, strict=True)},
+            "area_limits_256x1600": {str(c): [finite(v) for v in rule["limits"][c]] for c in CLASS_IDS},
+            "never_predicted": {str(c): why for c, why in self.never_predicted.items()},
+            "decision_codes": {str(code): text for code, text in DECISION_CODES.items()},
+            "cascade": {**self.to_spec(), "gating": self.gating, "area_filter": self.area_filter,
+                        "use_searched": self.use_searched},
+        }
 
     def to_spec(self) -> dict:
         return {
@@ -360,7 +442,21 @@ class Cascade:
                     full = cv2.resize(full.astype(np.uint8), IMAGE_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
                 rles[class_id] = rle.encode(full)
         areas = {c: int(areas[k]) if segmented[k] else 0 for k, c in enumerate(CLASS_IDS)}
-        return CascadeResult(masks, float(defect_prob), class_probs.astype(np.float32), areas, rles, decisions)
+        return CascadeResult(masks, float(defect_prob), class_probs.astype(np.float32), areas, rles, decisions,
+                             codes.astype(np.int32))
+
+
+def _settings(spec: dict) -> dict:
+    """``Cascade`` keyword arguments from a ``cascade.json`` (``to_spec``)."""
+    return {
+        "limits": {int(k): tuple(v) for k, v in spec["limits"].items()},
+        "binary_threshold": spec.get("binary_threshold", 0.5),
+        "label_thresholds": {int(k): v for k, v in spec.get("label_thresholds", {}).items()} or None,
+        "pixel_threshold": spec.get("pixel_threshold", 0.5),
+        "searched": {int(k): v for k, v in spec["searched"].items()} if spec.get("searched") else None,
+        "never_predicted": {int(k): v for k, v in (spec.get("never_predicted") or {}).items()},
+        "tta": spec.get("tta"),
+    }
 
 
 def _decision_text(code: int, full_area: float, limits: tuple[float, float]) -> str:
@@ -370,6 +466,219 @@ def _decision_text(code: int, full_area: float, limits: tuple[float, float]) -> 
         return f"dropped: area {full_area:.0f} px (at 256x1600) outside [{low:.0f}, {high:.0f}]"
     return {thresholds.NO_DEFECT: NO_DEFECT, thresholds.ABSENT: ABSENT, thresholds.EMPTY: EMPTY,
             thresholds.KEPT: KEPT}[int(code)]
+
+
+# ----- export: one SavedModel, or TFLite stages run by TFLiteCascade
+
+
+def _at_least_float32(values) -> np.ndarray:
+    """The smallest float32 at or above each threshold: for a float32 ``x``, ``x >= t`` then holds exactly where
+    NumPy's comparison against the float64 threshold does (the exported graph decides as ``thresholds.decide``)."""
+    values = np.asarray(values, np.float64)
+    rounded = np.atleast_1d(values.astype(np.float32))
+    below = rounded.astype(np.float64) < np.atleast_1d(values)
+    rounded[below] = np.nextafter(rounded[below], np.float32(np.inf))
+    return rounded.reshape(values.shape)
+
+
+def _rows(where) -> tf.Tensor:
+    """The int32 indices of the True entries of a (N,) bool tensor."""
+    return tf.cast(tf.where(where)[:, 0], tf.int32)
+
+
+def _serving_function(cascade: Cascade):
+    """The whole cascade as one TensorFlow function of a uint8 batch (N, H, W, 3): ``Cascade.probabilities``,
+    ``_result`` and ``thresholds.decide`` written in TF ops (each stage runs only on the images that reach it)."""
+    rule = cascade.rule()
+    binary_threshold = tf.constant(_at_least_float32(rule["binary_threshold"]))
+    label_thresholds = tf.constant(_at_least_float32(rule["label_thresholds"]))
+    pixel_thresholds = tf.constant(_at_least_float32(
+        np.broadcast_to(np.asarray(rule["pixel_thresholds"], np.float64), (len(CLASS_IDS),))))
+    low, high = (tf.constant([float(rule["limits"][c][i]) for c in CLASS_IDS], tf.float64) for i in (0, 1))
+    segmentable = tf.constant([c not in cascade.never_predicted for c in CLASS_IDS])
+    flips = TTA_FLIPS[cascade.tta]
+    size = tuple(cascade.image_size)
+    n_classes = len(CLASS_IDS)
+
+    def averaged(model, images):
+        total = None
+        for axes in flips:
+            found = tf.cast(model(tf.reverse(images, axes) if axes else images, training=False), tf.float32)
+            if axes and found.shape.rank == 4:  # a mask: back to the image's orientation
+                found = tf.reverse(found, axes)
+            total = found if total is None else total + found
+        return total / len(flips)
+
+    def run(model, images):  # an EfficientNet cannot take an empty batch (BatchNormalization fails on it)
+        return tf.cond(tf.shape(images)[0] > 0, lambda: averaged(model, images),
+                       lambda: tf.zeros([0, *model.output_shape[1:]]))
+
+    def serve(images):
+        shape = tf.shape(images)
+        n, height, width = shape[0], shape[1], shape[2]
+        resized = {}
+
+        def at(model):  # the batch at a model's input size (resized as Cascade.probabilities does)
+            key = cascade._model_size(model)
+            if key not in resized:
+                same = tf.reduce_all(tf.stack([height, width]) == tf.constant(key))
+                x = tf.cond(same, lambda: images, lambda: loaders.resize_images(images, key))
+                resized[key] = tf.ensure_shape(x, (None, *key, 3))
+            return resized[key]
+
+        defect = tf.reshape(run(cascade.binary, at(cascade.binary)), [n])
+        passed = defect >= binary_threshold
+        if cascade.gating == "none":
+            class_probs = run(cascade.multilabel, at(cascade.multilabel))
+            segment = tf.tile(segmentable[None], [n, 1])
+        else:
+            rows = _rows(passed)
+            found = run(cascade.multilabel, tf.gather(at(cascade.multilabel), rows))
+            class_probs = tf.tensor_scatter_nd_update(tf.fill([n, n_classes], float("nan")), rows[:, None], found)
+            segment = class_probs >= label_thresholds  # NaN (stage 2 did not run): False
+        if 0 in cascade.segmentation:
+            joint = cascade.segmentation[0]
+            rows = _rows(tf.reduce_any(segment, axis=1))
+            found = run(joint, tf.gather(at(joint), rows))
+            mask_probs = tf.scatter_nd(rows[:, None], found, tf.stack([n, *size, n_classes]))
+            mask_probs *= tf.cast(segment, tf.float32)[:, None, None, :]
+        else:
+            channels = []
+            for k, class_id in enumerate(CLASS_IDS):
+                model = cascade.segmentation.get(class_id)
+                if model is None:
+                    channels.append(tf.zeros(tf.stack([n, *size])))
+                    continue
+                rows = _rows(segment[:, k])
+                found = run(model, tf.gather(at(model), rows))[..., 0]
+                channels.append(tf.scatter_nd(rows[:, None], found, tf.stack([n, *size])))
+            mask_probs = tf.stack(channels, axis=-1)
+        same = tf.reduce_all(tf.stack([height, width]) == tf.constant(size))
+        mask_probs = tf.cond(same, lambda: mask_probs,
+                             lambda: tf.image.resize(mask_probs, tf.stack([height, width]), method="bilinear"))
+        binary = mask_probs >= pixel_thresholds
+        areas = tf.reduce_sum(tf.cast(binary, tf.int32), axis=[1, 2])
+        # thresholds.decide: the limits, given at 256x1600, scaled to the input's pixel count; an earlier reason wins
+        factor = tf.cast(height * width, tf.float64) / float(IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
+        area = tf.cast(areas, tf.float64)
+        codes = tf.fill(tf.stack([n, n_classes]), thresholds.KEPT)
+        if cascade.area_filter:
+            codes = tf.where((area < low * factor) | (area > high * factor), thresholds.OUT_OF_RANGE, codes)
+        codes = tf.where(areas == 0, thresholds.EMPTY, codes)
+        if cascade.gating == "paper":
+            codes = tf.where(segment, codes, thresholds.ABSENT)
+            codes = tf.where(passed[:, None], codes, thresholds.NO_DEFECT)
+        return {"masks": binary & (codes == thresholds.KEPT)[:, None, None, :], "defect_prob": defect,
+                "class_probs": class_probs, "areas": areas * tf.cast(segment, tf.int32), "decisions": codes}
+
+    return serve
+
+
+def _export_savedmodel(cascade: Cascade, path: Path) -> Path:
+    from keras.export import ExportArchive
+
+    archive = ExportArchive()  # tracks the variables the function uses (track() would store them twice)
+    archive.add_endpoint(SERVING_SIGNATURE, _serving_function(cascade),
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    with tempfile.TemporaryDirectory() as scratch:
+        metadata = {**cascade.metadata("savedmodel"), "signature": SERVING_SIGNATURE,
+                    "inputs": {"images": "(N, H, W, 3) uint8 RGB; each stage resizes to its input size"},
+                    "outputs": EXPORT_OUTPUTS}
+        # An asset of the saved object (loaded.metadata.asset_path); ExportArchive.track keeps only lookup tables'
+        # resources, so it goes on the archive's root trackable (Keras-private, tested in test_cascade).
+        archive._tf_trackable.metadata = tf.saved_model.Asset(
+            str(runfiles.write_json(Path(scratch) / METADATA_FILE, metadata)))
+        archive.write_out(str(path), verbose=False)
+    return path
+
+
+def _inference(model):
+    """``model`` in inference mode, a function of ``images`` only (a traced signature's one argument)."""
+    return lambda images: model(images, training=False)
+
+
+def _export_tflite(cascade: Cascade, path: Path, precision: str) -> Path:
+    from keras.export import ExportArchive
+
+    path.mkdir(parents=True, exist_ok=True)
+    files = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, model in cascade._stages().items():
+            archive = ExportArchive()
+            archive.add_endpoint("serve", _inference(model),
+                                 input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)])
+            archive.write_out(f"{scratch}/{name}", verbose=False)
+            # from the SavedModel: a Keras 3 model's concrete function converts without its weights
+            converter = tf.lite.TFLiteConverter.from_saved_model(f"{scratch}/{name}", signature_keys=["serve"])
+            if precision == "float16":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            files[name] = f"{name}.tflite"
+            (path / files[name]).write_bytes(converter.convert())
+    runfiles.write_json(path / METADATA_FILE, {**cascade.metadata("tflite"), "precision": precision, "files": files})
+    return path
+
+
+def _tflite_interpreter(path: Path, num_threads: int | None):
+    """LiteRT's interpreter where ``ai-edge-litert`` is installed, else TensorFlow's (deprecated, still in TF)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
+            return tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+    return Interpreter(model_path=str(path), num_threads=num_threads)
+
+
+class TFLiteModel:
+    """One exported stage run by the TFLite interpreter, called as the cascade calls a Keras model."""
+
+    run_eagerly = True  # models.forward_fn calls it as it is: no tf.function around an interpreter
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CascadeError(f"{self.path} is missing: the TFLite cascade's metadata names it")
+        self._runner = _tflite_interpreter(self.path, num_threads).get_signature_runner("serve")
+        found = self._runner.get_input_details()["images"]["shape_signature"]
+        self.input_shape = (None, *(int(v) for v in found[1:]))
+        found = next(iter(self._runner.get_output_details().values()))["shape_signature"]
+        self.output_shape = (None, *(int(v) for v in found[1:]))
+
+    def __call__(self, images, training: bool = False) -> np.ndarray:
+        return next(iter(self._runner(images=np.asarray(images, np.uint8)).values()))
+
+
+class TFLiteCascade(Cascade):
+    """A cascade exported with ``Cascade.export(path, "tflite")``, its stages run by the TFLite interpreter and
+    joined by ``Cascade``'s own gating, thresholds and area filter (``predict``, ``predict_batch`` and
+    ``evaluate_cascade`` work as for a ``Cascade``).
+
+    Example:
+        >>> cascade = TFLiteCascade.load("deploy/tflite")
+        >>> cascade.predict("steel.jpg").classes
+    """
+
+    @classmethod
+    def load(cls, path: str | Path, *, num_threads: int | None = None, **overrides) -> TFLiteCascade:
+        path = Path(path)
+        meta_path = path / METADATA_FILE
+        if not meta_path.is_file():
+            raise CascadeError(f"{meta_path} is missing: not an exported TFLite cascade. Make one with "
+                               "`python -m steeldefect.cascade export --run RUN_DIR OUT_DIR --format tflite`")
+        meta = runfiles.read_json(meta_path)
+        if meta.get("format") != "tflite":
+            raise CascadeError(f"{meta_path} says format {meta.get('format')!r}, not 'tflite': load a SavedModel "
+                               "with tf.saved_model.load")
+        stage = lambda name: TFLiteModel(path / meta["files"][name], num_threads)  # noqa: E731
+        segmentation = {0 if name == "segmentation_joint" else int(name.removeprefix("segmentation_class")): stage(name)
+                        for name in meta["files"] if name.startswith("segmentation_")}
+        spec = meta["cascade"]
+        settings = {**_settings(spec), "gating": spec["gating"], "area_filter": spec["area_filter"],
+                    "use_searched": spec["use_searched"], **overrides}
+        cascade = cls(stage("binary"), stage("multilabel"), segmentation, spec["image_size"], **settings)
+        cascade.source = path.resolve()
+        return cascade
 
 
 # ----- the default cascade and module-level helpers
@@ -589,7 +898,7 @@ def evaluate_folder(cascade: Cascade, data_dir: str | Path, batch_size: int = 16
     Kaggle mean Dice of each variant beside the all-empty reference.
 
     Example:
-        >>> evaluate_folder(Cascade.load("runs/quick"), "../shared/real")["stage1"]["roc_auc"]
+        >>> evaluate_folder(Cascade.load("runs/default"), "../shared/real")["stage1"]["roc_auc"]
     """
     from . import data
 
@@ -629,7 +938,11 @@ def true_masks(row: pd.Series) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     """``python -m steeldefect.cascade --run RUN_DIR IMAGE_OR_DIR... [--submission out.csv] [--overlays DIR]``.
 
-    An image that cannot be read is reported and the others predicted; the exit code is then 1 (2: no cascade)."""
+    An image that cannot be read is reported and the others predicted; the exit code is then 1 (2: no cascade).
+    ``python -m steeldefect.cascade export [--run RUN_DIR] OUT_DIR [--format savedmodel|tflite]`` exports it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        return _export_command(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m steeldefect.cascade",
                                      description="Predict steel defects with a trained cascade.")
     parser.add_argument("--run", type=Path, default=None,
@@ -650,8 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        tta = {} if args.tta is None else {"tta": None if args.tta == "none" else args.tta}
-        cascade = Cascade.load(args.run or default_cascade_path(), use_searched=args.searched, **tta)
+        cascade = _cli_cascade(args)
     except (runfiles.RunFileError, FileNotFoundError) as err:  # CascadeError is a RunFileError
         if args.verbose:
             traceback.print_exc()
@@ -693,6 +1005,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(failed)} of {len(paths)} images could not be read and were not predicted: "
               f"{', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cli_cascade(args) -> Cascade:
+    """The cascade a command line names: ``--run`` (or the default), ``--searched`` and ``--tta``."""
+    tta = {} if args.tta is None else {"tta": None if args.tta == "none" else args.tta}
+    return Cascade.load(args.run or default_cascade_path(), use_searched=args.searched, **tta)
+
+
+def _export_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m steeldefect.cascade export",
+                                     description="Export a trained cascade for deployment (TensorFlow only).")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="run directory or bundle with cascade.json (default: $STEELDEFECT_CASCADE or the latest run)")
+    parser.add_argument("out", type=Path, help="a new folder for the export")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
+                        help="savedmodel: one SavedModel with gating and area filter (default); tflite: one .tflite "
+                             "per stage, run by steeldefect.cascade.TFLiteCascade")
+    parser.add_argument("--precision", choices=TFLITE_PRECISIONS, default="float32", help="TFLite weights")
+    parser.add_argument("--searched", action="store_true", help="bake in the thresholds searched on validation")
+    parser.add_argument("--tta", choices=("none", "hflip", "hvflip"), help="bake in flip TTA (default: the cascade's)")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        cascade = _cli_cascade(args)
+        path = cascade.export(args.out, args.format, precision=args.precision)
+    except (runfiles.RunFileError, OSError) as err:  # FileExistsError: a folder that is not empty
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    print(f"exported the cascade of {cascade.source} to {path} ({args.format}, {size:.1f} MB)")
+    if args.format == "savedmodel":
+        print(f"run it with TensorFlow alone: tf.saved_model.load({str(path)!r}).signatures"
+              f"[{SERVING_SIGNATURE!r}](images=uint8 batch (N, H, W, 3)); what it holds: {path / 'assets' / METADATA_FILE}")
+    else:
+        print(f"run it: steeldefect.cascade.TFLiteCascade.load({str(path)!r}).predict(image)")
     return 0
 
 

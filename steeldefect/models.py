@@ -253,6 +253,32 @@ def build_unet(
     return model
 
 
+def freeze_encoder(model: keras.Model) -> int:
+    """Make the EfficientNet encoder of a classifier or UNet (built here) untrainable: training then updates the
+    classifier's head or the UNet's decoder only, and the encoder's BatchNormalization layers run in inference mode
+    (they keep the statistics the encoder was loaded with). Call before compiling. Returns the layers frozen.
+
+    Example:
+        >>> unet = build_unet("efficientnetb0", 4, (64, 320), encoder_weights=None)
+        >>> freeze_encoder(unet) > 0
+        True
+    """
+    spec = spec_of(model)
+    if spec is None or spec["kind"] not in ("classifier", "unet"):
+        raise ValueError("freeze_encoder takes a classifier or UNet built by build_classifier / build_unet")
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if spec["kind"] == "classifier":  # the encoder is the one nested model
+        nested[0].trainable = False
+        return len(nested[0].layers)
+    # sm.Unet holds the encoder's layers under the encoder's own names (build_unet copies weights by them)
+    unet = nested[0]
+    names = {layer.name for layer in _encoder(spec["backbone"], tuple(spec["image_size"]), None).layers}
+    frozen = [layer for layer in unet.layers if layer.name in names and not isinstance(layer, keras.layers.InputLayer)]
+    for layer in frozen:
+        layer.trainable = False
+    return len(frozen)
+
+
 def save_encoder_weights(classifier: keras.Model, path: str | Path) -> Path:
     """Write a classifier's EfficientNet encoder weights to ``path`` (``*.weights.h5``, atomically), in the form
     ``build_classifier`` and ``build_unet`` take as ``encoder_weights``: stage 1's trained encoder can start the
@@ -285,7 +311,7 @@ def forward_fn(model: keras.Model, training: bool = False):
 def predict(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """``model``'s outputs for a uint8 batch ``(N, H, W, 3)`` at the model's size, in batches (inference mode)."""
     forward = forward_fn(model)
-    outputs = [forward(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    outputs = [np.asarray(forward(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 

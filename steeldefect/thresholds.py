@@ -85,7 +85,8 @@ def decide(
     gating: str = "paper",
     area_filter: bool = True,
 ) -> np.ndarray:
-    """The cascade's rule (the paper's Section 3 and 3.5) for every (image, class) at once: the one copy of it.
+    """The cascade's rule (the paper's Section 3 and 3.5) for every (image, class) at once: the one copy of it in
+    NumPy (an exported cascade, ``cascade._serving_function``, writes it in TensorFlow ops; tests hold the two equal).
 
     Args:
         defect_probs: ``(n,)`` stage-1 probabilities.

@@ -58,10 +58,12 @@ def run_smoke(cwd: Path, *extra: str, env: dict | None = None) -> subprocess.Com
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Every test using ``smoke_run`` joins one xdist group: one worker runs them all and the smoke run once."""
+    """Every test using a shared costly fixture (``smoke_run``; ``tiny_trained`` of test_cascade) joins one xdist
+    group: one worker runs them all and makes the fixture once."""
     for item in items:
-        if "smoke_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("smoke_run"))
+        for shared in ("smoke_run", "tiny_trained"):
+            if shared in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(shared))
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,31 @@ def test_saved_weights_leave_out_the_optimizer(tmp_path):
     loaded = models.load_model(tmp_path)
     for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "unet"])
+def test_a_frozen_encoder_keeps_its_weights_and_statistics_while_the_rest_trains(kind):
+    keras.utils.set_random_seed(0)
+    size = (64, 320)
+    model = (models.build_classifier("efficientnetb0", 4, size, None, head="simple") if kind == "classifier"
+             else models.build_unet("efficientnetb0", 4, size, None))
+    total = model.count_params()
+    frozen = models.freeze_encoder(model)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    if kind == "classifier":
+        assert trainable == 1280 * 4 + 4  # the head: B0's 1280 pooled features to 4 outputs
+    else:
+        assert 0.5 * total < trainable < 0.7 * total  # the decoder (B0's encoder holds ~4.0 M of ~10.1 M)
+    assert frozen > 200
+    encoder_names = {layer.name for layer in models._encoder("efficientnetb0", size, None).layers}
+    before = [(v, v.numpy().copy()) for v in model.variables]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", run_eagerly=True)
+    images = np.random.default_rng(0).integers(0, 256, (4, *size, 3)).astype(np.uint8)
+    target = np.ones((4, 4), np.float32) if kind == "classifier" else np.ones((4, *size, 4), np.float32)
+    model.train_on_batch(images, target)
+    changed = {v.path for v, value in before if not np.array_equal(value, v.numpy())}
+    in_encoder = {v.path for v, _ in before if v.path.split("/")[-2] in encoder_names}
+    assert in_encoder and not changed & in_encoder  # weights and BatchNormalization statistics of the encoder
+    assert changed  # the head / decoder trained
+    with pytest.raises(ValueError, match="freeze_encoder takes a classifier or UNet built by"):
+        models.freeze_encoder(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]))
