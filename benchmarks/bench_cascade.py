@@ -1,6 +1,6 @@
 """Cascade throughput (the paper's gating) against ``gating="none"`` with the same models on the same images.
 
-Run after an experiments run: ``python benchmarks/bench_cascade.py [--run runs/quick] [--images 64]``. Prints
+Run after an experiments run: ``python benchmarks/bench_cascade.py [--run runs/default] [--images 64]``. Prints
 images/s of both and their ratio (target >= 1.7x on the twin's defect mix), and the Kaggle mean Dice of both on
 those images (the cascade's must not be lower).
 """
@@ -23,7 +23,7 @@ from steeldefect.cascade import Cascade, true_masks  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", type=Path, default=Path("runs/quick"))
+    parser.add_argument("--run", type=Path, default=Path("runs/default"))
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="timed passes of each mode, interleaved")
     args = parser.parse_args()

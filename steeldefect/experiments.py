@@ -1,6 +1,6 @@
 """``python -m steeldefect.experiments``: train, evaluate and report the paper's experiments end to end.
 
-With no ``--data-dir`` it writes the synthetic twin (once, into ``data/``) and runs the ``quick`` profile: all five
+With no ``--data-dir`` it writes the synthetic twin (once, into ``data/``) and runs the ``default`` profile: all five
 backbones, every stage, Tables 2-7, figures and the cascade. Given a Kaggle folder it runs the same code on it.
 Everything lands in a run directory (DESIGN.md); rerunning the same command resumes: finished stages are
 skipped, an interrupted one continues from its last epoch. ``--report-only`` rebuilds tables and figures from the
@@ -36,6 +36,7 @@ from .config import (
     BACKBONES,
     CLASS_IDS,
     CLASSIFICATION_STAGES,
+    FREEZE_CHOICES,
     MULTILABEL_POS_WEIGHTS,
     PROFILES,
     SPLIT_SEED,
@@ -60,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, help="Kaggle-layout folder (train.csv, train_images/); default: "
                         "the synthetic twin, generated into data/ on first use")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                        help="scale: smoke (CI), quick (default, the twin), paper (Kaggle data, GPU)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                        help="scale: smoke (CI, minutes), default (the twin, ~30 min), quick (the twin, hours), "
+                             "paper (Kaggle data, GPU)")
     parser.add_argument("--backbones", nargs="+", help="subset of efficientnetb0 ... efficientnetb4")
     parser.add_argument("--run-dir", type=Path, help="where results go (default: runs/<profile>)")
     parser.add_argument("--epochs", type=int, help="epochs for every stage (overrides the profile)")
@@ -81,12 +83,18 @@ def _parser() -> argparse.ArgumentParser:
                              "writes the run). Default: multiworker when TF_CONFIG names several workers, else default")
     parser.add_argument("--mixed-precision", nargs="?", const="mixed_float16", default=None,
                         choices=("mixed_float16", "mixed_bfloat16"), help="mixed precision policy (GPU)")
+    parser.add_argument("--freeze-encoder", choices=sorted(FREEZE_CHOICES), default=None,
+                        help="train stage 2 (multilabel) or stages 2-3 (all) with the encoder they start from frozen: "
+                             "the classifier's head, the UNet's decoder (default: the profile's)")
     parser.add_argument("--twin-images", type=int, help="size of the synthetic twin (default: the profile's)")
     parser.add_argument("--twin-root", type=Path, default=DATA_DIR,
                         help="folder the synthetic twin is written under, as synthetic-N/ (default: data/)")
     parser.add_argument("--fresh", action="store_true",
                         help="empty the run directory and start over (only a steeldefect run directory, or an empty "
                              "one: a folder of other files is never deleted)")
+    parser.add_argument("--tta", choices=("none", "hflip", "hvflip"), default="none",
+                        help="flip test-time augmentation in the cascade the run builds and evaluates (saved in its "
+                             "cascade.json; training is unchanged, so a finished run is re-evaluated, not retrained)")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures, no training")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="train without the images of --data-dir that cannot be used (truncated, corrupt, another "
@@ -181,6 +189,8 @@ def _settings(args, profile) -> dict:
         "segmentation_loss": profile.segmentation_loss,
         "augmentation": profile.augmentation,
         "run_eagerly": profile.run_eagerly,
+        "freeze_encoder": list(profile.freeze_encoder if args.freeze_encoder is None
+                               else FREEZE_CHOICES[args.freeze_encoder]),
         "multilabel_pos_weight": None if args.multilabel_pos_weight == "none" else args.multilabel_pos_weight,
         "head": profile.head,
         "encoder_weights": None if encoder_weights is None else str(encoder_weights),
@@ -201,6 +211,7 @@ def _train_config(settings: dict, stage: str) -> TrainConfig:
     return TrainConfig(
         image_size=tuple(image_size), batch_size=batch_size, epochs=epochs,
         augmentation=settings.get("augmentation", "ours"), run_eagerly=settings.get("run_eagerly", False),
+        freeze_encoder=(stage if classifier else "segmentation") in settings.get("freeze_encoder", []),
         learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
         bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"],
         multilabel_pos_weight=settings.get("multilabel_pos_weight"), head=settings["head"],
@@ -267,7 +278,7 @@ def _describe(value) -> str:
 
 # Settings added after runs were made with this package, and what their absence in a run's config.json means: a run
 # made before them resumes as long as the new setting has that value.
-LATER_SETTINGS = {"run_eagerly": False}
+LATER_SETTINGS = {"run_eagerly": False, "freeze_encoder": []}
 
 
 def differing_settings(saved: dict, settings: dict) -> list[str]:
@@ -350,6 +361,34 @@ def run_lock(run_dir: Path):
             run_dir.rmdir()
 
 
+def _expected_time(name: str) -> str:
+    profile = PROFILES[name]
+    return f"about {profile.measured_minutes:.0f} min" if profile.measured_minutes else profile.minutes_note
+
+
+def first_line(args) -> str:
+    """What the run will take here, said before it starts, and how to get a faster or a fuller one."""
+    profile = PROFILES[args.profile]
+    chosen = args.backbones or profile.backbones
+    changed = [f"--{name.replace('_', '-')}" for name in ("data_dir", "epochs", "image_size", "batch_size",
+                                                          "twin_images", "freeze_encoder")
+               if getattr(args, name, None) is not None]
+    if profile.measured_minutes is None:
+        expected = profile.minutes_note
+    else:
+        share = sum(STEP_COST_MS["classifier"][BACKBONES.index(b)] + STEP_COST_MS["unet"][BACKBONES.index(b)]
+                    for b in chosen) / sum(map(sum, STEP_COST_MS.values()))
+        expected = f"about {profile.measured_minutes * share:.0f} min on a 2-core CPU"
+        if changed:
+            expected += f" with the profile's own settings ({', '.join(changed)} change{'s' if len(changed) == 1 else ''} it)"
+    others = {"smoke": "faster, a pipeline check", "default": "the default", "quick": "fuller, a better detector",
+              "paper": "the paper's protocol on the Kaggle data"}
+    hints = "; ".join(f"--profile {name} ({_expected_time(name)}, {why})" for name, why in others.items()
+                      if name != profile.name)
+    return (f"steeldefect: profile {profile.name}, {len(chosen)} backbone(s): {expected}; the ETA after each stage "
+            f"says more. Other scales: {hints}")
+
+
 def run(args) -> int:
     from . import report
 
@@ -357,6 +396,8 @@ def run(args) -> int:
     check_args(args)
     profile = PROFILES[args.profile]
     run_dir = args.run_dir or RUNS_DIR / profile.name
+    if not args.report_only and distribute.is_chief():
+        print(first_line(args), flush=True)
     if args.report_only:
         if not distribute.is_chief():  # one writer: the chief rebuilds it
             print(f"worker: --report-only is the chief's to run; nothing done here ({run_dir} is the chief's)")
@@ -475,7 +516,7 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None, s
         return stopped
 
     final_start = time.time()
-    evaluation = _build_cascade(run_dir, config, plan, table, images_dir)
+    evaluation = _build_cascade(run_dir, config, plan, table, images_dir, tta=None if args.tta == "none" else args.tta)
     stage_times = {f"{b}/{s}": training.stage_seconds(run_dir, b, s) for b, s, *_ in jobs}
     final = time.time() - final_start
     total = sum(v for v in stage_times.values() if v is not None) + final
@@ -655,9 +696,11 @@ def data_plan(table, stages, *, moved=(), bad_images=None) -> dict:
     return plan
 
 
-def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: Path) -> dict | None:
+def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: Path, tta: str | None = None
+                   ) -> dict | None:
     """Choose each stage's backbone on validation, search thresholds, evaluate on test, draw overlays; the test
-    evaluation, or None where the data leaves no cascade to build or no test image to evaluate it on."""
+    evaluation, or None where the data leaves no cascade to build or no test image to evaluate it on. ``tta``: the
+    cascade's flip TTA (``Cascade``), used for the threshold search and the evaluation and saved with it."""
     from . import cascade as cascade_lib
     from . import thresholds
     from .cascade import Cascade
@@ -669,6 +712,9 @@ def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: P
     print("cascade: choosing each stage's backbone on the validation split", flush=True)
     choice = _choose_cascade(run_dir, config)
     choice["never_predicted"] = plan["never_predicted"]
+    choice["tta"] = tta
+    if tta:
+        print(f"cascade: flip TTA {tta} (each stage averaged over the flipped copies)")
     runfiles.write_json(run_dir / "cascade.json", choice)
     cascade = Cascade.load(run_dir)
     if (table["split"] == "val").any():

@@ -212,6 +212,8 @@ def build_stage_model(backbone: str, stage: str, config: TrainConfig, *, pos_wei
         loss = keras.losses.BinaryCrossentropy(name="binary_crossentropy") if pos_weight is None \
             else metrics.WeightedBinaryCrossentropy(pos_weight)
         model_metrics = metrics.keras_classification_metrics(outputs)
+    if config.freeze_encoder and task != "binary":
+        models.freeze_encoder(model)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=model_metrics,
                   jit_compile=False, run_eagerly=config.run_eagerly)  # XLA on CPU: 3x slower to compile and to run (measured)
     # Create the optimizer's slots now: created inside fit's first trace they cost ~10 s (one variable at a time

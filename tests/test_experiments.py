@@ -329,6 +329,13 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "(256, 1600, 4) [1, 2, 3, 4]" in predicted.stdout
 
+    # --tta re-evaluates the finished run with flip TTA (nothing retrained) and saves it with the cascade
+    flipped = run_smoke(tmp_path, "--tta", "hflip")
+    assert flipped.returncode == 0, flipped.stderr[-2000:]
+    assert "cascade: flip TTA hflip" in flipped.stdout
+    assert json.loads((run_dir / "cascade.json").read_text())["tta"] == "hflip"
+    assert json.loads((run_dir / "timing.json").read_text())["stages_trained"] == 0
+
 
 def test_the_data_plan_is_decided_before_training():
     table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(6)],
@@ -444,11 +451,17 @@ def test_the_paper_profile_trains_each_stage_as_the_source_did():
 def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_old_meaning():
     quick = experiments._settings(experiments._parser().parse_args([]), PROFILES["quick"])
     settings = {**quick, "train_configs": experiments._train_configs(quick)}
-    # config.json of a run made before run_eagerly existed: no such key, nor such field in its TrainConfigs
-    saved = {k: v for k, v in settings.items() if k != "run_eagerly"}
-    saved["train_configs"] = {stage: {k: v for k, v in c.items() if k != "run_eagerly"}
+    # config.json of a run made before run_eagerly and freeze_encoder existed: no such keys, nor such fields in its
+    # TrainConfigs
+    later = ("run_eagerly", "freeze_encoder")
+    saved = {k: v for k, v in settings.items() if k not in later}
+    saved["train_configs"] = {stage: {k: v for k, v in c.items() if k not in later}
                               for stage, c in settings["train_configs"].items()}
     assert experiments.differing_settings(saved, settings) == []
+    frozen = experiments._settings(experiments._parser().parse_args(["--freeze-encoder", "multilabel"]),
+                                   PROFILES["quick"])
+    frozen = {**frozen, "train_configs": experiments._train_configs(frozen)}
+    assert experiments.differing_settings(saved, frozen) == ["freeze_encoder", "train_configs"]
     # the same run resumed with the setting on is another run, and so is any other difference
     eager = {**settings, "run_eagerly": True,
              "train_configs": {s: {**c, "run_eagerly": True} for s, c in settings["train_configs"].items()}}
@@ -456,3 +469,27 @@ def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_
     other = {**settings, "train_configs": {s: {**c, "epochs": 3} for s, c in settings["train_configs"].items()}}
     assert experiments.differing_settings(saved, other) == ["train_configs"]
     assert experiments.differing_settings({**saved, "seed": 1}, settings) == ["seed"]
+
+
+def test_the_first_line_says_how_long_the_run_takes_and_how_to_get_a_faster_or_fuller_one():
+    parse = experiments._parser().parse_args
+    line = experiments.first_line(parse([]))
+    assert line.startswith("steeldefect: profile default, 5 backbone(s): about ")
+    for other in ("--profile smoke (about 6 min", "--profile quick (about 7 h", "--profile paper (GPU work"):
+        assert other in line
+    minutes = lambda text: int(re.search(r"about (\d+) min on a 2-core CPU", text).group(1))  # noqa: E731
+    assert minutes(experiments.first_line(parse(["--backbones", "efficientnetb0"]))) < minutes(line) / 4
+    assert "with the profile's own settings (--epochs, --twin-images change it)" in experiments.first_line(
+        parse(["--epochs", "5", "--twin-images", "100"]))
+    assert experiments.first_line(parse(["--profile", "quick"])).startswith(
+        "steeldefect: profile quick, 5 backbone(s): about 7 h")
+
+
+def test_freeze_encoder_reaches_the_stages_it_names():
+    parse = experiments._parser().parse_args
+    for flags, frozen in (([], {"multilabel"}), (["--freeze-encoder", "all"], {"multilabel", "joint"}),
+                          (["--freeze-encoder", "none"], set())):
+        settings = experiments._settings(parse(flags), PROFILES["default"])
+        assert {s for s in ("binary", "multilabel", "joint")
+                if experiments._train_config(settings, s).freeze_encoder} == frozen, flags
+    assert experiments._settings(parse([]), PROFILES["quick"])["freeze_encoder"] == []

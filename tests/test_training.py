@@ -307,3 +307,16 @@ def test_an_eager_stage_is_evaluated_in_memory_as_its_saved_model_would_be(tmp_p
         assert again[split].keys() == result[split].keys()
         for key, value in result[split].items():
             assert again[split][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (split, key)
+
+
+def test_freeze_encoder_freezes_stages_2_and_3_never_stage_1():
+    config = TrainConfig(image_size=(64, 320), encoder_weights=None, freeze_encoder=True, head="simple")
+    binary = training.build_stage_model("efficientnetb0", "binary", config)
+    multilabel = training.build_stage_model("efficientnetb0", "multilabel", config)
+    joint = training.build_stage_model("efficientnetb0", "joint", config)
+    trainable = lambda m: sum(int(np.prod(v.shape)) for v in m.trainable_variables)  # noqa: E731
+    assert trainable(binary) > 4_000_000  # stage 1 trains its encoder
+    assert trainable(multilabel) == 1280 * 4 + 4
+    assert trainable(joint) < 0.7 * joint.count_params()
+    unfrozen = training.build_stage_model("efficientnetb0", "joint", TrainConfig(image_size=(64, 320), encoder_weights=None))
+    assert trainable(unfrozen) > 0.99 * unfrozen.count_params()
