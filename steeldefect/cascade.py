@@ -203,7 +203,7 @@ class Cascade:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         parts = {"binary": self.binary, "multilabel": self.multilabel,
-                 **{f"segmentation/{'joint' if k == 0 else f'class{k}'}": m for k, m in self.segmentation.items()}}
+                 **{f"segmentation/{_segmentation_name(k)}": m for k, m in self.segmentation.items()}}
         for name, model in parts.items():
             spec = models.spec_of(model)
             if spec is None:
@@ -213,7 +213,7 @@ class Cascade:
             models.save_model(model, path / name, spec)
         spec = self.to_spec()
         spec.update({"binary": "binary", "multilabel": "multilabel",
-                     "segmentation": {str(k): f"segmentation/{'joint' if k == 0 else f'class{k}'}"
+                     "segmentation": {str(k): f"segmentation/{_segmentation_name(k)}"
                                       for k in self.segmentation}})
         runfiles.write_json(path / CASCADE_FILE, spec)
         return path
@@ -258,7 +258,7 @@ class Cascade:
     def _stages(self) -> dict:
         """The models by stage name: ``binary``, ``multilabel``, ``segmentation_joint`` or ``segmentation_class<k>``."""
         return {"binary": self.binary, "multilabel": self.multilabel,
-                **{f"segmentation_{'joint' if k == 0 else f'class{k}'}": m for k, m in self.segmentation.items()}}
+                **{f"segmentation_{_segmentation_name(k)}": m for k, m in self.segmentation.items()}}
 
     def metadata(self, format: str) -> dict:
         """What an exported cascade records about itself (``export``): JSON-safe, an infinite limit is null."""
@@ -444,6 +444,11 @@ class Cascade:
         areas = {c: int(areas[k]) if segmented[k] else 0 for k, c in enumerate(CLASS_IDS)}
         return CascadeResult(masks, float(defect_prob), class_probs.astype(np.float32), areas, rles, decisions,
                              codes.astype(np.int32))
+
+
+def _segmentation_name(key: int) -> str:
+    """``joint`` for the joint UNet (key 0), ``class<k>`` for class k's: the name of its folder and export file."""
+    return "joint" if key == 0 else f"class{key}"
 
 
 def _settings(spec: dict) -> dict:
