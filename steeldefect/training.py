@@ -535,13 +535,17 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
             reducible_logs(model)
     best_path = directory / BEST_WEIGHTS
     best_so_far = min((r[monitor] for r in rows if monitor in r), default=None)
+    # With one epoch its end is the stage's end: a backup (to resume in a later epoch) and a best-epoch checkpoint
+    # (the only epoch is the best) would be written and deleted moments later, two saves of the whole model per
+    # stage (seconds each for an EfficientNet; a third of the smoke profile's saving and loading).
+    several = config.epochs > 1
     stage_callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        *([keras.callbacks.BackupAndRestore(str(backup_dir))] if several else []),
         HistoryRecorder(history_path, rows),
-        keras.callbacks.ModelCheckpoint(
+        *([keras.callbacks.ModelCheckpoint(
             str(best_path), monitor=monitor, save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_so_far,
-        ),
+        )] if several else []),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=config.reduce_lr_patience),
         *callbacks,
