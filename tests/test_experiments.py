@@ -475,7 +475,7 @@ def test_the_first_line_says_how_long_the_run_takes_and_how_to_get_a_faster_or_f
     parse = experiments._parser().parse_args
     line = experiments.first_line(parse([]))
     assert line.startswith("steeldefect: profile default, 5 backbone(s): about ")
-    for other in ("--profile smoke (about 6 min", "--profile quick (about 7 h", "--profile paper (GPU work"):
+    for other in ("--profile smoke (about 5 min", "--profile quick (about 7 h", "--profile paper (GPU work"):
         assert other in line
     minutes = lambda text: int(re.search(r"about (\d+) min on a 2-core CPU", text).group(1))  # noqa: E731
     assert minutes(experiments.first_line(parse(["--backbones", "efficientnetb0"]))) < minutes(line) / 4
