@@ -261,9 +261,12 @@ def tiny_trained(tmp_path_factory):
     present = masks.any(axis=(1, 2))
     defective = present.any(axis=1)
     binary, multilabel, unet = _small_model(1, False), _small_model(4, False), _small_model(4, True)
-    binary.fit(images, defective[:, None].astype("float32"), epochs=20, batch_size=16, verbose=0)
-    multilabel.fit(images[defective], present[defective].astype("float32"), epochs=20, batch_size=16, verbose=0)
-    unet.fit(images[defective], masks[defective].astype("float32"), epochs=20, batch_size=16, verbose=0)
+    # 10 epochs: Kaggle mean Dice 0.905 on the held-out images against 0.859 for all-empty (20 epochs: 0.920, 36 s
+    # more on 2 cores).
+    epochs = 10
+    binary.fit(images, defective[:, None].astype("float32"), epochs=epochs, batch_size=16, verbose=0)
+    multilabel.fit(images[defective], present[defective].astype("float32"), epochs=epochs, batch_size=16, verbose=0)
+    unet.fit(images[defective], masks[defective].astype("float32"), epochs=epochs, batch_size=16, verbose=0)
     limits = thresholds.area_thresholds(table[table["split"] == "train"])
     return Cascade(binary, multilabel, {0: unet}, SIZE, limits), table, root
 

@@ -108,9 +108,14 @@ def test_01_data_on_the_real_sample(real_dir, tmp_path):
     assert not (tmp_path / "data").exists()  # no twin was written
 
 
+# 02 and 03 at the smoke profile's scale (its twin, 32x160, one eager epoch of one step): the notebooks' code path,
+# not their numbers (their own settings train for a few minutes each).
+SMALL = {"TWIN_IMAGES": 48, "IMAGE_SIZE": (32, 160), "EPOCHS": 1, "BATCH_SIZE": 64, "RUN_EAGERLY": True}
+
+
 @pytest.mark.slow
 def test_02_classification(base):
-    notebook = _execute("02_classification.ipynb", base, EPOCHS=1)
+    notebook = _execute("02_classification.ipynb", base, **SMALL)
     run = base / "runs" / "notebooks" / "efficientnetb0"
     for stage in ("binary", "multilabel"):
         assert (run / stage / "metrics.json").is_file() and (run / stage / "history.csv").is_file()
@@ -122,7 +127,7 @@ def test_02_classification(base):
 @pytest.mark.slow
 def test_03_segmentation(base):
     # one of the four classes keeps the suite in budget (the notebook trains all four: ~4 min here)
-    notebook = _execute("03_segmentation.ipynb", base, EPOCHS=1, CLASSES=(3,))
+    notebook = _execute("03_segmentation.ipynb", base, **SMALL, CLASSES=(3,))
     run = base / "runs" / "notebooks" / "efficientnetb0" / "segmentation"
     assert sorted(p.name for p in run.iterdir()) == ["class3"]
     assert (run / "class3" / "metrics.json").is_file()
