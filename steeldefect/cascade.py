@@ -30,7 +30,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from . import loaders, metrics, models, rle, runfiles, thresholds
-from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE
+from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE, TTA_CHOICES, tta_from_choice
 
 log = logging.getLogger(__name__)
 
@@ -961,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission", type=Path, help="write a Kaggle submission CSV here")
     parser.add_argument("--overlays", type=Path, help="write an overlay PNG per image into this folder")
     parser.add_argument("--searched", action="store_true", help="use the thresholds searched on validation")
-    parser.add_argument("--tta", choices=("none", "hflip", "hvflip"),
+    parser.add_argument("--tta", choices=TTA_CHOICES,
                         help="test-time augmentation: average each stage over the image's left-right mirror "
                              "(hflip) or all four flips (hvflip); default: the cascade's own (none unless saved so)")
     parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
@@ -1015,7 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cli_cascade(args) -> Cascade:
     """The cascade a command line names: ``--run`` (or the default), ``--searched`` and ``--tta``."""
-    tta = {} if args.tta is None else {"tta": None if args.tta == "none" else args.tta}
+    tta = {} if args.tta is None else {"tta": tta_from_choice(args.tta)}
     return Cascade.load(args.run or default_cascade_path(), use_searched=args.searched, **tta)
 
 
@@ -1030,7 +1030,7 @@ def _export_command(argv: list[str]) -> int:
                              "per stage, run by steeldefect.cascade.TFLiteCascade")
     parser.add_argument("--precision", choices=TFLITE_PRECISIONS, default="float32", help="TFLite weights")
     parser.add_argument("--searched", action="store_true", help="bake in the thresholds searched on validation")
-    parser.add_argument("--tta", choices=("none", "hflip", "hvflip"), help="bake in flip TTA (default: the cascade's)")
+    parser.add_argument("--tta", choices=TTA_CHOICES, help="bake in flip TTA (default: the cascade's)")
     parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -115,6 +115,17 @@ class TrainConfig:
     freeze_encoder: bool = False
 
 
+# Flip test-time augmentation as the command lines name it (--tta): "none" is off, None in Python.
+TTA_CHOICES = ("none", "hflip", "hvflip")
+
+
+def tta_from_choice(choice: str) -> str | None:
+    """A ``--tta`` choice as ``Cascade`` takes it: ``"none"`` is None (off)."""
+    if choice not in TTA_CHOICES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {choice!r}")
+    return None if choice == "none" else choice
+
+
 @dataclass(frozen=True)
 class Profile:
     """A scale of the whole experiment: ``smoke`` (CI), ``default`` (what the command runs with no option: every

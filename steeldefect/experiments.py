@@ -42,7 +42,9 @@ from .config import (
     SPLIT_SEED,
     STAGE1_ENCODER,
     STEP_COST_MS,
+    TTA_CHOICES,
     TrainConfig,
+    tta_from_choice,
 )
 
 DATA_DIR = Path("data")  # relative to the working directory, as data/README.md says
@@ -92,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true",
                         help="empty the run directory and start over (only a steeldefect run directory, or an empty "
                              "one: a folder of other files is never deleted)")
-    parser.add_argument("--tta", choices=("none", "hflip", "hvflip"), default="none",
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="flip test-time augmentation in the cascade the run builds and evaluates (saved in its "
                              "cascade.json; training is unchanged, so a finished run is re-evaluated, not retrained)")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures, no training")
@@ -516,7 +518,7 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None, s
         return stopped
 
     final_start = time.time()
-    evaluation = _build_cascade(run_dir, config, plan, table, images_dir, tta=None if args.tta == "none" else args.tta)
+    evaluation = _build_cascade(run_dir, config, plan, table, images_dir, tta=tta_from_choice(args.tta))
     stage_times = {f"{b}/{s}": training.stage_seconds(run_dir, b, s) for b, s, *_ in jobs}
     final = time.time() - final_start
     total = sum(v for v in stage_times.values() if v is not None) + final

@@ -482,6 +482,15 @@ def _position_dependent_cascade(**kwargs):
     return Cascade(binary, multilabel, {0: unet}, SIZE, gating="none", **kwargs)
 
 
+def test_the_command_lines_tta_choices():
+    from steeldefect.config import TTA_CHOICES, tta_from_choice
+
+    assert [tta_from_choice(c) for c in TTA_CHOICES] == [None, "hflip", "hvflip"]
+    assert all(tta_from_choice(c) in cascade_module.TTA_FLIPS for c in TTA_CHOICES)  # what Cascade accepts
+    with pytest.raises(ValueError, match=r"--tta must be one of none, hflip, hvflip, got 'vflip'"):
+        tta_from_choice("vflip")
+
+
 def test_flip_tta_averages_each_stage_over_the_flipped_copies(tmp_path):
     images = np.zeros((2, *SIZE, 3), np.uint8)
     images[0, :, : SIZE[1] // 4] = 255  # bright at the left
