@@ -164,10 +164,14 @@ def test_two_workers_train_a_stage_into_one_run_written_by_the_chief(tmp_path, s
     assert not (own / stage / "metrics.json").exists()  # evaluation is the chief's
 
 
+EPOCH_2_OF_4_STEPS = ("--epochs", "2", "--batch-size", "8")
+
+
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_chief_and_the_same_commands_resume(tmp_path):
     scratch = tmp_path / "scratch"
-    chief, worker = start_workers(tmp_path, scratch, "--epochs", "2")
+    # Batch 8: epoch 2 is four steps (the smoke profile's batch 64 makes it one), long enough to be killed inside.
+    chief, worker = start_workers(tmp_path, scratch, *EPOCH_2_OF_4_STEPS)
     backup = tmp_path / "run" / "efficientnetb0" / "binary" / "backup" / "training_metadata.json"
     deadline = time.time() + TIMEOUT_S
     try:
@@ -185,7 +189,7 @@ def test_a_killed_worker_stops_the_chief_and_the_same_commands_resume(tmp_path):
     assert "a worker was lost: start the same command on every worker again to resume" in chief_out
     assert json.loads(backup.read_text())["epoch"] >= 1
 
-    (chief_rc, chief_out), (worker_rc, worker_out) = finish(start_workers(tmp_path, scratch, "--epochs", "2"))
+    (chief_rc, chief_out), (worker_rc, worker_out) = finish(start_workers(tmp_path, scratch, *EPOCH_2_OF_4_STEPS))
     assert chief_rc == 130 and worker_rc == 130, chief_out[-3000:] + worker_out[-3000:]
     stage = tmp_path / "run" / "efficientnetb0" / "binary"
     epochs = [line.split(",")[0] for line in (stage / "history.csv").read_text().splitlines()[1:]]
