@@ -112,7 +112,9 @@ class CountEpochs(keras.callbacks.Callback):
 @pytest.mark.slow
 def test_resume_continues_at_the_right_epoch_and_finished_stages_are_skipped(tmp_path):
     split, images_dir = squares_table(tmp_path, n=15)
-    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=3, early_stopping_patience=10, head="simple")
+    # Eager: two steps an epoch, where tracing would cost more than the training (resuming is the same either way).
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=3, early_stopping_patience=10, head="simple",
+                         run_eagerly=True)
     run = tmp_path / "run"
     directory = training.stage_dir(run, "efficientnetb0", "binary")
     timing_after_epoch = ReadTiming(directory)
@@ -239,7 +241,7 @@ def test_a_stage_without_validation_images_trains_on_its_training_loss(tmp_path)
     split, images_dir = squares_table(tmp_path, n=12)
     split.loc[split["split"] == "val", "split"] = "test"  # a small folder: nothing left for validation
     assert training.stage_counts(split, "binary")["val"] == 0
-    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=1, head="simple")
+    config = TrainConfig(image_size=SIZE, batch_size=4, epochs=1, head="simple", run_eagerly=True)  # two steps
     result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=split,
                                   images_dir=images_dir, verbose=0)
     assert result["val"] is None and result["train"]["n_images"] == int((split["split"] == "train").sum())
