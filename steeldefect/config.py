@@ -174,13 +174,14 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         "default", "what `python -m steeldefect.experiments` runs: every stage of five backbones on a 400-image twin "
         "in about half an hour on a 2-core CPU (the pipeline and its tables, not a good detector: see quick)",
-        # Chosen for the wall time (<= 30 min for five backbones on 2 cores; measured 27 min 33 s): 2 epochs per
+        # Chosen for the wall time (<= 30 min for five backbones on 2 cores; measured 27 min 33 s, and 29 min 51 s on a
+        # fresh clone in a new venv, the twin written by the run: this machine's speed varies): 2 epochs per
         # stage; stage 2 trains a head on stage 1's frozen encoder (2.5x faster at the same figures for B0; a frozen
         # UNet encoder cost class 3 Dice, so stage 3 trains whole). At this budget stage 1 stays at chance on twin
         # v3 and the cascade scores the all-empty reference: docs/results.md, "The default run".
         twin_images=400, image_size=(64, 320), classifier_epochs=2, segmentation_epochs=2, batch_size=16,
         segmentation="joint", encoder_weights=STAGE1_ENCODER, segmentation_loss="bce_dice", head="simple",
-        freeze_encoder=("multilabel",), measured_minutes=27.6,
+        freeze_encoder=("multilabel",), measured_minutes=29.9,
     ),
     "quick": Profile(
         "quick", "the longer run on the synthetic twin: small images, one joint UNet per backbone, stages 2-3 from stage 1's encoder",
