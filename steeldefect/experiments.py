@@ -719,12 +719,18 @@ def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: P
         print(f"cascade: flip TTA {tta} (each stage averaged over the flipped copies)")
     runfiles.write_json(run_dir / "cascade.json", choice)
     cascade = Cascade.load(run_dir)
+    if config.get("run_eagerly"):
+        # A tiny run (the smoke profile) trained eagerly evaluates eagerly too: tracing the three models' forward
+        # passes costs more than the few images they see here.
+        for model in (cascade.binary, cascade.multilabel, *cascade.segmentation.values()):
+            model.run_eagerly = True
     if (table["split"] == "val").any():
         defect, class_probs, mask_probs, truth = cascade_lib.validation_outputs(cascade, table, images_dir, "val")
         choice["searched"] = {str(c): v for c, v in thresholds.search_thresholds(
             class_probs, mask_probs.astype("float32"), truth, defect_probs=defect).items()}
         runfiles.write_json(run_dir / "cascade.json", choice)
-        cascade = Cascade.load(run_dir)
+        # What Cascade.load(run_dir) would now read, without building and loading the models a second time.
+        cascade.searched = {int(c): v for c, v in choice["searched"].items()}
     else:
         print("cascade: no validation image, so no thresholds searched (the paper's rule only)")
     if not (table["split"] == "test").any():
