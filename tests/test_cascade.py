@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import keras
@@ -126,17 +128,27 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         make(gating="sometimes")
 
 
-def _trained_bundle(tmp_path):
-    """A real (untrained) cascade of small EfficientNet models, saved as a bundle."""
+@pytest.fixture(scope="module")
+def shared_b0_bundle(tmp_path_factory):
+    """A real (untrained) cascade of small EfficientNet models and the bundle it saved: built once per worker
+    (three EfficientNet builds and saves, several seconds); tests take a copy of the bundle (``b0_bundle``)."""
     binary = models.build_classifier("efficientnetb0", 1, SIZE, None, head="simple")
     multi = models.build_classifier("efficientnetb0", 4, SIZE, None)
     joint = models.build_unet("efficientnetb0", 4, SIZE, None)
     cascade = Cascade(binary, multi, {0: joint}, SIZE, gating="none", area_filter=False)
-    return cascade, cascade.save(tmp_path / "bundle")
+    return cascade, cascade.save(tmp_path_factory.mktemp("b0") / "bundle")
 
 
-def test_save_load_and_default_lookup(tmp_path, monkeypatch):
-    cascade, bundle = _trained_bundle(tmp_path)
+@pytest.fixture
+def b0_bundle(shared_b0_bundle, tmp_path):
+    """The shared cascade (only predicted with) and a copy of its bundle in ``tmp_path / "bundle"``, the test's to
+    change."""
+    cascade, source = shared_b0_bundle
+    return cascade, Path(shutil.copytree(source, tmp_path / "bundle"))
+
+
+def test_save_load_and_default_lookup(tmp_path, monkeypatch, b0_bundle):
+    cascade, bundle = b0_bundle
     image = np.random.default_rng(0).integers(0, 256, (*SIZE, 3)).astype(np.uint8)
     expected = cascade.predict(image)
     loaded = Cascade.load(bundle, gating="none", area_filter=False)
@@ -338,7 +350,7 @@ def _truncated_copy(source, target):
     target.write_bytes(encoded[: len(encoded) // 2])  # what an interrupted copy leaves
 
 
-def test_predict_dir_and_the_cli_report_a_bad_image_and_predict_the_others(twin, tmp_path, capsys):
+def test_predict_dir_and_the_cli_report_a_bad_image_and_predict_the_others(twin, tmp_path, capsys, b0_bundle):
     root, _ = twin
     folder = tmp_path / "images"
     folder.mkdir()
@@ -352,7 +364,7 @@ def test_predict_dir_and_the_cli_report_a_bad_image_and_predict_the_others(twin,
     assert sorted(set(df["ImageId"])) == sorted(p.name for p in good) and len(df) == 8
     assert list(df.attrs["skipped"]) == ["0000cut.jpg"]
 
-    cascade, bundle = _trained_bundle(tmp_path)
+    cascade, bundle = b0_bundle
     submission = tmp_path / "submission.csv"
     code = cascade_module.main(["--run", str(bundle), str(folder), "--submission", str(submission)])
     out, err = capsys.readouterr()
@@ -363,8 +375,8 @@ def test_predict_dir_and_the_cli_report_a_bad_image_and_predict_the_others(twin,
     assert len(written) == 8 and set(written["ImageId"]) == {p.name for p in good}
 
 
-def test_the_default_cascade_is_loaded_once_also_from_a_relative_path(tmp_path, monkeypatch):
-    _, bundle = _trained_bundle(tmp_path)
+def test_the_default_cascade_is_loaded_once_also_from_a_relative_path(tmp_path, monkeypatch, b0_bundle):
+    _, bundle = b0_bundle
     monkeypatch.setattr(cascade_module, "_default", None)
     loads = []
     original = Cascade.load.__func__
@@ -377,8 +389,8 @@ def test_the_default_cascade_is_loaded_once_also_from_a_relative_path(tmp_path, 
     assert len(loads) == 1
 
 
-def test_a_stale_model_file_is_a_clear_error(tmp_path, capsys):
-    _, bundle = _trained_bundle(tmp_path)
+def test_a_stale_model_file_is_a_clear_error(tmp_path, capsys, b0_bundle):
+    _, bundle = b0_bundle
     spec = json.loads((bundle / "binary" / "model.json").read_text())
     spec["kind"] = "transformer"  # a model.json of another version
     (bundle / "binary" / "model.json").write_text(json.dumps(spec))
@@ -441,7 +453,7 @@ def test_classifiers_and_unets_of_different_input_sizes(twin):
     assert presence["class3"]["tp"] + presence["class3"]["fp"] == len(table)  # the square is kept in every image
 
 
-def test_evaluate_folder_scores_each_stage_on_every_image(twin, tmp_path, capsys):
+def test_evaluate_folder_scores_each_stage_on_every_image(twin, tmp_path, capsys, b0_bundle):
     root, table = twin
     found = cascade_module.evaluate_folder(make(), root)  # stage 1 always 0.9, stage 2 always (0.1, 0.1, 0.8, 0.1)
     present = data.class_labels(table).astype(bool)
@@ -454,7 +466,7 @@ def test_evaluate_folder_scores_each_stage_on_every_image(twin, tmp_path, capsys
     assert found["all_empty_dice"] == pytest.approx(1 - present.mean())
     assert found["variants"]["paper cascade"]["kaggle_mean_dice"] is not None
 
-    _, bundle = _trained_bundle(tmp_path)
+    _, bundle = b0_bundle
     out_json = tmp_path / "evaluation.json"
     assert cascade_module.main(["--run", str(bundle), "--evaluate", str(root), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
@@ -515,8 +527,8 @@ def test_flip_tta_averages_each_stage_over_the_flipped_copies(tmp_path):
         _position_dependent_cascade(tta="rot90")
 
 
-def test_tta_is_saved_with_the_cascade_and_chosen_on_load_and_on_the_command_line(tmp_path, capsys):
-    cascade, bundle = _trained_bundle(tmp_path)
+def test_tta_is_saved_with_the_cascade_and_chosen_on_load_and_on_the_command_line(tmp_path, capsys, b0_bundle):
+    cascade, bundle = b0_bundle
     image = np.random.default_rng(1).integers(0, 256, (*SIZE, 3)).astype(np.uint8)
     plain = cascade.predict(image).defect_prob
     mirrored = cascade.predict(np.ascontiguousarray(image[:, ::-1])).defect_prob
@@ -605,10 +617,10 @@ def test_the_exported_savedmodel_decides_as_predict(tmp_path):
     assert meta["stages"]["binary"] == {"backbone": None, "input_size": [64, 320], "outputs": 1}
 
 
-def test_the_exported_savedmodel_needs_tensorflow_alone(tmp_path):
+def test_the_exported_savedmodel_needs_tensorflow_alone(tmp_path, b0_bundle):
     """A cascade of EfficientNet-B0 models (swish, BatchNormalization, the UNet decoder) exported and run by a
     process that imports TensorFlow only; the metadata asset names backbones, thresholds and versions."""
-    _, bundle = _trained_bundle(tmp_path)
+    _, bundle = b0_bundle
     labels = {1: 0.0, 2: 0.0, 3: 2.0, 4: 0.0}  # every stage runs; class 3 is never segmented
     cascade = Cascade.load(bundle, binary_threshold=0.0, label_thresholds=labels, use_searched=False)
     exported = cascade.export(tmp_path / "savedmodel")
@@ -643,7 +655,7 @@ def test_the_exported_savedmodel_needs_tensorflow_alone(tmp_path):
     assert (found["decisions"][:, 2] == thresholds.ABSENT).all()
 
 
-def test_the_tflite_cascade_decides_as_the_keras_cascade(tmp_path, capsys):
+def test_the_tflite_cascade_decides_as_the_keras_cascade(tmp_path, capsys, b0_bundle):
     """Each stage as TFLite joined by TFLiteCascade, Cascade's own decision code: float32 stand-ins make predict's
     decisions; EfficientNet-B0 stages in float16 (exported by the command line) give its probabilities to 2e-2
     at half the size of float32 weights."""
@@ -651,7 +663,7 @@ def test_the_tflite_cascade_decides_as_the_keras_cascade(tmp_path, capsys):
     cascade = _coded_cascade()
     lite = cascade_module.TFLiteCascade.load(cascade.export(tmp_path / "coded", "tflite"))
     _assert_same_as_predict(_outputs(lite.predict_batch(list(images))), cascade.predict_batch(list(images)))
-    b0, bundle = _trained_bundle(tmp_path)
+    b0, bundle = b0_bundle
     assert cascade_module.main(["export", "--run", str(bundle), str(tmp_path / "lite"), "--format", "tflite",
                                 "--precision", "float16", "--tta", "hflip"]) == 0
     assert "TFLiteCascade.load" in capsys.readouterr().out
