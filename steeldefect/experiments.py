@@ -819,8 +819,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     multiworker = args.strategy == "multiworker"
-    _quiet(args.verbose, _start_cluster if multiworker else None)
-    import tensorflow as tf
+    if args.report_only:
+        # Tables and figures come from the run's files: TensorFlow (seconds to import) is not needed.
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        op_errors: tuple[type[BaseException], ...] = ()
+    else:
+        _quiet(args.verbose, _start_cluster if multiworker else None)
+        import tensorflow as tf
+
+        op_errors = (tf.errors.OpError,)
 
     from . import data
 
@@ -838,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except tf.errors.OpError as err:
+    except op_errors as err:
         if not multiworker:
             raise
         if args.verbose:

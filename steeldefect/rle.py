@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 DEFAULT_SHAPE: tuple[int, int] = (256, 1600)  # Severstal (height, width); config.IMAGE_SHAPE says the same
 
@@ -159,6 +162,8 @@ def decode_tf(rle: tf.Tensor | str, shape: tuple[int, int] = DEFAULT_SHAPE) -> t
 
     The string must be valid (``validate``); an empty string gives an empty mask.
     """
+    import tensorflow as tf  # here, not at the top: the NumPy codec (data, report) needs no TensorFlow
+
     return decode_tf_channels(tf.reshape(tf.convert_to_tensor(rle, tf.string), [1]), shape)[:, :, 0]
 
 
@@ -168,6 +173,8 @@ def decode_tf_channels(rles: tf.Tensor, shape: tuple[int, int] = DEFAULT_SHAPE) 
     Each mask pixel's column-major index is mapped straight to its row-major position in the channel-last
     result, so one scatter builds all channels and no transpose is needed.
     """
+    import tensorflow as tf
+
     height, width = shape
     rles = tf.convert_to_tensor(rles, tf.string)
     n_channels = rles.shape[0]
