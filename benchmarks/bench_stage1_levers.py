@@ -72,8 +72,6 @@ def measure(name: str, options: dict, root: Path) -> dict:
     if options["schedule"] == "cosine":
         steps = math.ceil(int((table["split"] == "train").sum()) / config.batch_size) * config.epochs
         callbacks.append(_cosine_callback(config.learning_rate, steps, float(options["warmup"])))
-    elif options["schedule"] != "plateau":
-        raise SystemExit(f"schedule: expected plateau or cosine, got {options['schedule']!r}")
     run = root / "runs" / name
     start = time.perf_counter()
     result = training.train_stage(run, options["backbone"], "binary", config, table=table,
@@ -105,6 +103,12 @@ def main() -> None:
         if not sep or key not in DEFAULTS:
             raise SystemExit(f"{pair!r}: expected key=value with a key among {', '.join(DEFAULTS)}")
         options[key] = value
+    # Checked before any twin is written: a typo fails at once, not after the first minute.
+    if options["schedule"] not in ("plateau", "cosine"):
+        raise SystemExit(f"schedule: expected plateau or cosine, got {options['schedule']!r}")
+    height, sep, width = options["size"].partition("x")
+    if not (sep and height.isdigit() and width.isdigit()):
+        raise SystemExit(f"size: expected HEIGHTxWIDTH such as 64x320, got {options['size']!r}")
     if args.root is None:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(measure(args.name, options, Path(tmp))))
