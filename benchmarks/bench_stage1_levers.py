@@ -9,10 +9,11 @@ Run: ``python benchmarks/bench_stage1_levers.py NAME [key=value ...] [--root DIR
 Keys (default): ``images`` (400, the default profile's twin), ``epochs`` (2), ``size`` (64x320), ``batch`` (16),
 ``lr`` (1e-3, Adam's peak), ``schedule`` (``plateau``: the package's halving on a plateau; ``cosine``: a linear
 warm-up over ``warmup`` (0.1) of the steps, then cosine decay to 0, set before every step), ``backbone``
-(efficientnetb0). The stage trains as the default profile trains it (``training.train_stage``: from random weights,
-BN momentum 0.9, precise BN, the simple head) on twin v3 of ``images`` images, seeded. It prints one JSON line: the
+(efficientnetb0), ``contrast`` (1: the twin's ``defect_contrast``; the held-out twin is always at 1). The stage trains as the default profile trains it (``training.train_stage``: from random weights,
+BN momentum 0.9, precise BN, the simple head) on the twin of ``images`` images, seeded. It prints one JSON line: the
 stage's seconds (training and its evaluation), the run's test split (40 images at 400: coarse) and, the figure to
-compare settings by, accuracy and ROC AUC on a separate 400-image twin (seed 1) that no setting trains on.
+compare settings by, accuracy and ROC AUC on a separate 400-image twin (seed 1) that no setting trains on, and where
+the real sample is present (``../shared/real``), accuracy and ROC AUC on its 43 images.
 The twins and runs go under ``--root`` (default: a temporary folder).
 """
 
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 DEFAULTS = {"images": "400", "epochs": "2", "size": "64x320", "batch": "16", "lr": "1e-3", "schedule": "plateau",
-            "warmup": "0.1", "backbone": "efficientnetb0"}
+            "warmup": "0.1", "backbone": "efficientnetb0", "contrast": "1"}
 EVAL_IMAGES, EVAL_SEED = 400, 1
 
 
@@ -54,7 +55,7 @@ def _cosine_callback(peak: float, total_steps: int, warmup: float):
     return WarmupCosine()
 
 
-def measure(name: str, options: dict, root: Path) -> dict:
+def measure(name: str, options: dict, root: Path, real: Path = Path("../shared/real")) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from sklearn.metrics import roc_auc_score
 
@@ -62,7 +63,9 @@ def measure(name: str, options: dict, root: Path) -> dict:
     from steeldefect.config import TrainConfig
 
     height, width = (int(v) for v in options["size"].split("x"))
-    twin = synthetic.make_synthetic_severstal(root / f"twin-{options['images']}", int(options["images"]))
+    contrast = float(options["contrast"])
+    twin = synthetic.make_synthetic_severstal(root / f"twin-{options['images']}-c{contrast:g}", int(options["images"]),
+                                              defect_contrast=contrast)
     held_out = synthetic.make_synthetic_severstal(root / f"heldout-{EVAL_IMAGES}-seed{EVAL_SEED}", EVAL_IMAGES,
                                                   seed=EVAL_SEED)
     table = data.split_table(data.load_table(twin))
@@ -86,9 +89,12 @@ def measure(name: str, options: dict, root: Path) -> dict:
 
     test_acc, test_auc = scores(table[table["split"] == "test"], twin / "train_images")
     held_acc, held_auc = scores(data.load_table(held_out), held_out / "train_images")
-    return {"name": name, **options, "stage_s": round(seconds, 1), "val_acc": round(result["val"]["acc"], 3),
-            "test_acc": round(test_acc, 3), "test_auc": round(test_auc, 3),
-            "heldout_acc": round(held_acc, 3), "heldout_auc": round(held_auc, 3)}
+    found = {"name": name, **options, "stage_s": round(seconds, 1), "val_acc": round(result["val"]["acc"], 3),
+             "test_acc": round(test_acc, 3), "test_auc": round(test_auc, 3),
+             "heldout_acc": round(held_acc, 3), "heldout_auc": round(held_auc, 3)}
+    if (real / "train.csv").is_file():  # transfer: the same model on real steel (benchmarks/bench_transfer.py)
+        found["real_acc"], found["real_auc"] = (round(v, 3) for v in scores(data.load_table(real), real / "train_images"))
+    return found
 
 
 def main() -> None:

@@ -728,9 +728,14 @@ def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: P
         defect, class_probs, mask_probs, truth = cascade_lib.validation_outputs(cascade, table, images_dir, "val")
         choice["searched"] = {str(c): v for c, v in thresholds.search_thresholds(
             class_probs, mask_probs.astype("float32"), truth, defect_probs=defect).items()}
-        runfiles.write_json(run_dir / "cascade.json", choice)
         # What Cascade.load(run_dir) would now read, without building and loading the models a second time.
         cascade.searched = {int(c): v for c, v in choice["searched"].items()}
+        choice["validation"] = _validation_dice(cascade, defect, class_probs, mask_probs, truth)
+        runfiles.write_json(run_dir / "cascade.json", choice)
+        if choice["validation"]["paper_rule"] < choice["validation"]["all_empty"]:
+            print(f"cascade: on validation the paper's rule scores {choice['validation']['paper_rule']:.4f}, below "
+                  f"predicting no defect ({choice['validation']['all_empty']:.4f}); the searched thresholds score "
+                  f"{choice['validation']['searched']:.4f} (Cascade.load(run, use_searched=True))")
     else:
         print("cascade: no validation image, so no thresholds searched (the paper's rule only)")
     if not (table["split"] == "test").any():
@@ -741,6 +746,19 @@ def _build_cascade(run_dir: Path, config: dict, plan: dict, table, images_dir: P
     runfiles.write_json(run_dir / "cascade_eval.json", evaluation)
     _overlays(cascade, table, images_dir, run_dir / "figures")
     return evaluation
+
+
+def _validation_dice(cascade, defect, class_probs, mask_probs, truth) -> dict:
+    """Kaggle mean Dice on the validation images of the paper's rule, of the searched thresholds and of predicting
+    every mask empty (the reference a cascade must beat)."""
+    from . import metrics
+
+    found = {}
+    for name, searched in (("paper_rule", False), ("searched", True)):
+        masks, _, _ = cascade.decide(defect, class_probs, mask_probs.astype("float32"), searched=searched)
+        found[name] = float(metrics.kaggle_dice_per_pair(masks, truth).mean())
+    found["all_empty"] = float((~truth.any(axis=(1, 2))).mean())
+    return found
 
 
 def _choose_cascade(run_dir: Path, config: dict) -> dict:

@@ -234,3 +234,42 @@ def fig_compare(table: pd.DataFrame):
     right.legend()
     fig.tight_layout()
     return fig
+
+
+OUTLINES = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}  # RGB, as cascade.COLOURS
+
+
+def _outlined(path: Path, row: pd.Series) -> np.ndarray:
+    """An image (RGB) with each class's mask outlined in its colour."""
+    picture = cv2.cvtColor(_grey(path), cv2.COLOR_GRAY2RGB)
+    for c, column in zip(CLASS_IDS, DEFECT_COLUMNS, strict=True):
+        if row[column]:
+            contours, _ = cv2.findContours(rle.decode(row[column]).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(picture, contours, -1, OUTLINES[c], 3)
+    return picture
+
+
+def fig_beside_real(folder: str | Path, real: str | Path | None = None, n: int = 4, seed: int = 0):
+    """``n`` images of ``folder`` (defect-free and defective alike, masks outlined) beside ``n`` of real steel, the
+    way the twin is meant to be judged: by eye, then by transfer. ``real``: a Kaggle-layout folder of real images;
+    None draws ``folder`` alone (the package holds no real pixels)."""
+    from matplotlib.figure import Figure
+
+    columns = [("this folder", Path(folder))] + ([("real steel", Path(real))] if real is not None else [])
+    fig = Figure(figsize=(8 * len(columns), 1.4 * n))
+    axes = np.asarray(fig.subplots(n, len(columns), squeeze=False))
+    for k, (title, root) in enumerate(columns):
+        table = data.load_table(root)
+        rng = np.random.default_rng(seed)
+        clean, defective = table[~table["has_defect"]], table[table["has_defect"]]
+        picks = pd.concat([clean.iloc[rng.permutation(len(clean))[: n // 2]],
+                           defective.iloc[rng.permutation(len(defective))[: n - min(n // 2, len(clean))]]])
+        for i, (_, row) in enumerate(picks.iterrows()):
+            classes = [c for c, col in zip(CLASS_IDS, DEFECT_COLUMNS, strict=True) if row[col]]
+            axes[i, k].imshow(_outlined(root / "train_images" / row["ImageId"], row))
+            axes[i, k].set_title(f"{title}: {', '.join(f'class {c}' for c in classes) or 'defect-free'}", fontsize=8)
+        for ax in axes[:, k]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig

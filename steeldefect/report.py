@@ -323,6 +323,19 @@ def stage_table(metrics: dict) -> pd.DataFrame:
 EMPTY_REFERENCE = "all empty (reference)"
 
 
+def validation_line(found: dict) -> str:
+    """What the cascade scores on the validation images (``cascade.json``'s ``validation``), said plainly when the
+    paper's rule falls below predicting no defect."""
+    text = (f"On the validation split the cascade's Kaggle mean Dice is {found['paper_rule']:.4f} by the paper's rule "
+            f"and {found['searched']:.4f} with the searched thresholds; predicting every mask empty scores "
+            f"{found['all_empty']:.4f}.")
+    if found["paper_rule"] < found["all_empty"]:
+        text += (" **The paper's rule scores below predicting no defect here**: its stages are not good enough on "
+                 "this data. The searched thresholds, which never predict a class where every setting is worse "
+                 "than leaving it empty, are used by `Cascade.load(run, use_searched=True)`.")
+    return text
+
+
 def cascade_table(cascade_results: dict) -> pd.DataFrame:
     """The cascade ablation (``evaluate_cascade``'s output): per variant the Kaggle mean Dice, the Dice per class and,
     per class, ``tp/fp/fn``: the images where the class was predicted and present, predicted and absent, present
@@ -462,6 +475,9 @@ def build_report(run_dir: str | Path) -> dict:
     lines += [(tables / "table7.md").read_text(), ""]
     if cascade_results:
         lines += [(tables / "cascade.md").read_text(), ""]
+    chosen = runfiles.read_json(run_dir / "cascade.json") if (run_dir / "cascade.json").is_file() else {}
+    if chosen.get("validation"):
+        lines += [validation_line(chosen["validation"]), ""]
     lines += ["[Comparison with the paper](tables/paper_comparison.md)", "", "## Figures", ""]
     lines += [f"![{p.stem}](figures/{p.name})" for p in figure_paths]
     runfiles.write_text(run_dir / "report.md", "\n".join(lines) + "\n")

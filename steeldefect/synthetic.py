@@ -6,21 +6,25 @@ twin: ``train.csv`` (2020 format), ``train_images/*.jpg`` (256x1600 grayscale st
 data. The twin follows the paper's statistics (Section 3.1, 3.5): the share of defect-free images, images with
 1/2/3 classes, rows per class and per-class mask areas.
 
-Version 3 looks like steel in numbers: its generator is calibrated on the real sample (43 competition images,
-measured by ``steeldefect.realism``; only numbers are stored, never pixels). The background is an anisotropic
-power-law texture (vertical streaks, spectral slope about -1.1 along the rows) with dark drips, patchy illumination
-and bands along the strip, its grey levels mapped onto real steel's percentiles; 30 % of the images have a black
-unlit strip at one side. The defects are as subtle as the real ones: each is a texture inside its mask whose mean
-is set against the 15-px ring of steel around it to the real class's contrast (a few grey levels for classes 1-2,
-11-14 for classes 3-4), with the real classes' number of parts and shape:
+Version 4 is built to teach: a model trained on it alone should find defects in real steel (judged by transfer,
+``benchmarks/bench_transfer.py``; ``realism.compare`` holds its summary statistics to real steel's as diagnostics).
+It follows what the literature found to transfer (DESIGN.md, "Real data and the twin"):
 
-- class 1: a loose cluster of ~6 small upright patches of bright and dark pits;
-- class 2: one thin, nearly vertical scratch with a dark core;
-- class 3: a row of ~3 upright elongated marks of fine vertical streaks, darker or brighter than the steel;
-- class 4: one to a few large rough patches, mostly darker.
+- the steel comes in families, sampled broadly and independently of the defects: a plain lit strip with gradients,
+  patchy light and fine vertical streaks; mottled stains and drips; rough or speckled surfaces; embossed plates
+  (diamond grooves); scaled, flaking surfaces; strong vertical streaks. Distractors that real labels call
+  defect-free (bright water spots, dark smears, specks, thin faint lines, glare, ripples) lie on defect-free and
+  defective images alike; 30 % of the images have a black unlit strip at one side;
+- the masks are drawn as annotators drew them, as polygons and boxes: class 1 clusters of small polygons around
+  pits; class 2 thin boxes around short vertical scratches; class 3 boxes around vertical scratch strips (often the
+  full height) or polygons around groups of flecks; class 4 large irregular polygons;
+- each defect replaces the steel's texture inside its mask (or is added to it), with crisp edges: grooves with a
+  bright and a dark flank, bright flecks with shadows, pits with a lit rim, rough scaled relief; blended at a
+  random opacity, its mean set against the ring of steel around it. Pixels change only inside the masks.
 
-``realism.compare`` sets a twin against the real numbers; docs/results.md has the table. It is still a stand-in:
-numbers measured on it say the code learns, not how well the method does on steel.
+No real pixel, patch or texture sample is in the generator: only numbers measured on real steel (grey levels,
+contrasts, shapes). It is still a stand-in: figures measured on it say the code learns, and how a model trained on
+it does on real steel is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import scipy.fft
 
 from . import realism, rle
 from .config import CLASS_IDS, IMAGE_SHAPE
@@ -43,7 +46,7 @@ from .realism import UNLIT_LEVEL
 
 log = logging.getLogger(__name__)
 
-TWIN_VERSION = 3  # bump when the generator's output changes, so that stale folders are regenerated
+TWIN_VERSION = 4  # bump when the generator's output changes, so that stale folders are regenerated
 MARKER = "twin.json"
 
 # Images per class combination: consistent with every count the paper gives (5,902 defect-free; 6,239 / 425 / 2
@@ -74,7 +77,9 @@ class ImagePlan:
     background_seed: int
     steel: tuple[int, int]  # columns [start, stop) of steel; outside it the off-strip band is black
     masks: dict[int, np.ndarray]  # class_id -> (256, 1600) uint8 mask
-    looks: dict[int, dict]  # class_id -> rendering parameters (contrast, polarity, ...)
+    looks: dict[int, dict]  # class_id -> rendering parameters (kind, contrast, texture, blend, ...)
+    family: str = "plain"  # the steel's family of surfaces (FAMILIES)
+    distractors: tuple[str, ...] = ()  # defect-free marks drawn on the steel (DISTRACTORS)
 
 
 def _combination_counts(n_images: int) -> list[tuple[int, ...]]:
@@ -108,10 +113,6 @@ def _point_in(rng: np.random.Generator, steel: tuple[int, int], margin: int = 0)
     return int(rng.integers(lo, hi)), int(rng.integers(0, IMAGE_SHAPE[0]))
 
 
-def _rotated_box(center, length, width, angle_deg) -> np.ndarray:
-    return cv2.boxPoints(((float(center[0]), float(center[1])), (float(length), float(width)), float(angle_deg)))
-
-
 def _blob_positions(rng, n: int, steel, spacing: float, margin: int) -> list[tuple[int, int]]:
     """``n`` centres scattered along the strip, about ``spacing`` apart in x (so that the parts stay separate)."""
     cx, _ = _point_in(rng, steel, margin=margin)
@@ -121,210 +122,437 @@ def _blob_positions(rng, n: int, steel, spacing: float, margin: int) -> list[tup
     return [(int(x), int(y)) for x, y in zip(xs, ys, strict=True)]
 
 
-def _mask_class1(rng, area, steel) -> np.ndarray:
-    """Pits: a loose cluster of a few (median 6-7) small upright patches whose areas add up to about ``area``."""
+def _polygon(rng, center, radius: float, aspect: float, angle_deg: float, n_vertices: int, jag: float) -> np.ndarray:
+    """An irregular polygon as an annotator draws one: ``n_vertices`` corners at random angles around ``center``, at
+    radii ``radius`` +- ``jag``, stretched ``aspect`` times along its axis and turned ``angle_deg`` from the rows."""
+    angles = np.sort(rng.uniform(0, 2 * math.pi, n_vertices))
+    radii = radius * rng.uniform(1 - jag, 1 + jag, n_vertices)
+    stretch = math.sqrt(aspect)
+    x, y = radii * np.cos(angles) * stretch, radii * np.sin(angles) / stretch
+    turn = math.radians(angle_deg)
+    xr = center[0] + x * math.cos(turn) - y * math.sin(turn)
+    yr = center[1] + x * math.sin(turn) + y * math.cos(turn)
+    return np.round(np.stack([xr, yr], axis=1)).astype(np.int32)
+
+
+def _quad(center, width: float, height: float, slant_deg: float, taper: float) -> np.ndarray:
+    """A box as annotators drew them around scratches: ``width`` x ``height`` about ``center``, leaning
+    ``slant_deg`` from the vertical, its top ``taper`` times as wide as its bottom."""
+    cx, cy = center
+    half_top, half_bottom = width * taper / 2, width / 2
+    shift = math.tan(math.radians(slant_deg)) * height / 2
+    points = [(cx - half_top + shift, cy - height / 2), (cx + half_top + shift, cy - height / 2),
+              (cx + half_bottom - shift, cy + height / 2), (cx - half_bottom - shift, cy + height / 2)]
+    return np.round(np.array(points)).astype(np.int32)
+
+
+def _mask_class1(rng, area, steel, kind) -> np.ndarray:
+    """Pits: a loose cluster of a few (median 6-7) small spots, each annotated as a small upright polygon."""
     mask = np.zeros(IMAGE_SHAPE, np.uint8)
     n_parts = int(np.clip(round(rng.lognormal(math.log(6.5), 0.35)), 2, 14))
-    part = area / n_parts
-    minor = math.sqrt(part / math.pi / 2.2)  # elongation ~2, the major axis near vertical
-    for x, y in _blob_positions(rng, n_parts, steel, spacing=rng.uniform(4, 8) * minor, margin=40):
-        axes = (max(2, round(minor * rng.uniform(0.8, 1.25))), max(3, round(2.2 * minor * rng.uniform(0.8, 1.25))))
-        cv2.ellipse(mask, (x, y), axes, float(rng.uniform(-25, 25)), 0, 360, 1, -1)
+    radius = math.sqrt(area / n_parts / math.pi)
+    for x, y in _blob_positions(rng, n_parts, steel, spacing=rng.uniform(3, 8) * radius, margin=40):
+        polygon = _polygon(rng, (x, y), radius * rng.uniform(0.8, 1.25), rng.uniform(0.3, 0.8),
+                           float(rng.uniform(-15, 15)), int(rng.integers(4, 8)), 0.25)
+        cv2.fillPoly(mask, [polygon], 1)
     return mask
 
 
-def _mask_class2(rng, area, steel) -> np.ndarray:
-    """Thin scratches, within 12 degrees of vertical: one, or two for the largest areas."""
+def _mask_class2(rng, area, steel, kind) -> np.ndarray:
+    """Short scratches within 12 degrees of vertical, each annotated as a thin box: one, or two for the largest."""
     mask = np.zeros(IMAGE_SHAPE, np.uint8)
     n_lines = 1 if area < 6000 else int(rng.integers(1, 3))  # mostly one (the real class-2 mask is one)
     per_line = area / n_lines
     for _ in range(n_lines):
-        width = float(np.clip(per_line / rng.uniform(120, 256), 5, 20))
+        width = float(np.clip(per_line / rng.uniform(120, 256), 6, 24))
         length = float(np.clip(per_line / width, 30, 300))
         cx, _ = _point_in(rng, steel, margin=20)
         cy = rng.uniform(length / 3, IMAGE_SHAPE[0] - length / 3)
-        box = _rotated_box((cx, cy), width, length, rng.uniform(-12, 12))
-        cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 1)
+        cv2.fillPoly(mask, [_quad((cx, cy), width, length, rng.uniform(-12, 12), rng.uniform(0.8, 1.25))], 1)
     return mask
 
 
-def _mask_class3(rng, area, steel) -> np.ndarray:
-    """Marks along the rolling direction: a row of (median 3) upright elongated patches, some ragged."""
+def _mask_class3(rng, area, steel, kind) -> np.ndarray:
+    """Marks along the rolling direction, in a row of (median 3) parts: boxes around vertical scratch strips
+    (often the full height), or polygons around groups of flecks."""
     mask = np.zeros(IMAGE_SHAPE, np.uint8)
-    n_parts = int(np.clip(round(rng.lognormal(math.log(3.4), 0.5)), 1, 9))
+    n_parts = int(np.clip(round(rng.lognormal(math.log(3.0), 0.5)), 1, 8))
     part = area / n_parts
-    height = float(np.clip(math.sqrt(part * rng.uniform(2, 5)), 12, IMAGE_SHAPE[0] * 1.1))
-    width = float(np.clip(part / height, 4, 1600))
-    for x, y in _blob_positions(rng, n_parts, steel, spacing=width + rng.uniform(20, 120), margin=30):
-        y = int(np.clip(y, height / 2 - 10, IMAGE_SHAPE[0] - height / 2 + 10))
-        axes = (max(2, round(width / 2 * rng.uniform(0.85, 1.2))), max(4, round(height / 2 * rng.uniform(0.85, 1.2))))
-        cv2.ellipse(mask, (x, y), axes, float(rng.uniform(-12, 12)), 0, 360, 1, -1)
+    if kind == "strips":
+        height = IMAGE_SHAPE[0] * 1.05 if rng.random() < 0.5 else float(rng.uniform(60, IMAGE_SHAPE[0]))
+        width = float(np.clip(part / height, 6, 1400))
+        if width > 3 * height:  # a part this wide is a band the full height of the strip
+            height, width = IMAGE_SHAPE[0] * 1.05, part / (IMAGE_SHAPE[0] * 1.05)
+        for x, y in _blob_positions(rng, n_parts, steel, spacing=width + rng.uniform(15, 150), margin=20):
+            y = float(np.clip(y, height / 2 - 5, IMAGE_SHAPE[0] - height / 2 + 5))
+            cv2.fillPoly(mask, [_quad((x, y), width, height, rng.uniform(-4, 4), rng.uniform(0.7, 1.3))], 1)
+        return mask
+    radius = math.sqrt(part / math.pi)
+    for x, y in _blob_positions(rng, n_parts, steel, spacing=2.2 * radius + rng.uniform(10, 80), margin=30):
+        aspect = float(rng.uniform(0.4, 2.5))
+        cv2.fillPoly(mask, [_polygon(rng, (x, y), radius, aspect, float(rng.uniform(-90, 90)),
+                                     int(rng.integers(5, 9)), 0.3)], 1)
     return mask
 
 
-def _mask_class4(rng, area, steel) -> np.ndarray:
-    """Large rough patches: one to a few (median 2) unions of overlapping ellipses, at any angle."""
+def _mask_class4(rng, area, steel, kind) -> np.ndarray:
+    """Large rough patches: one to a few (median 2) irregular polygons, at any angle."""
     mask = np.zeros(IMAGE_SHAPE, np.uint8)
-    n_patches = int(np.clip(round(rng.lognormal(math.log(1.8), 0.45)), 1, 6))
-    patch = area / n_patches
-    radius = math.sqrt(patch / math.pi)
-    for cx, cy in _blob_positions(rng, n_patches, steel, spacing=2.6 * radius + rng.uniform(10, 60), margin=60):
+    n_patches = int(np.clip(round(rng.lognormal(math.log(1.8), 0.45)), 1, 5))
+    radius = math.sqrt(area / n_patches / math.pi)
+    for cx, cy in _blob_positions(rng, n_patches, steel, spacing=3.2 * radius + rng.uniform(10, 80), margin=40):
         angle = float(rng.choice([-1, 1]) * rng.uniform(20, 90))  # real: median 56 degrees from the rows
-        for _ in range(int(rng.integers(2, 5))):
-            x = int(cx + rng.normal(0, radius * 0.35))
-            y = int(np.clip(cy + rng.normal(0, radius * 0.35), 0, IMAGE_SHAPE[0] - 1))
-            axes = (max(4, round(radius * rng.uniform(0.9, 1.5))), max(4, round(radius * rng.uniform(0.5, 0.8))))
-            cv2.ellipse(mask, (x, y), axes, angle + float(rng.normal(0, 15)), 0, 360, 1, -1)
+        cv2.fillPoly(mask, [_polygon(rng, (cx, cy), radius, float(rng.uniform(1.2, 3.0)), angle,
+                                     int(rng.integers(8, 17)), 0.4)], 1)
     return mask
 
 
 _MASKERS = {1: _mask_class1, 2: _mask_class2, 3: _mask_class3, 4: _mask_class4}
+# What each class's masks are drawn around, and how often (class 3: scratch strips in boxes, or groups of flecks in
+# polygons; the shares are our reading of the real sample's class-3 masks).
+KINDS = {1: {"pits": 1.0}, 2: {"scratch": 1.0}, 3: {"strips": 0.6, "flecks": 0.4}, 4: {"rough": 1.0}}
 
 
-def _mask_near_area(rng: np.random.Generator, class_id: int, target: float, steel: tuple[int, int]) -> np.ndarray:
-    """A mask of the class whose area is near ``target``: shapes lose area to overlaps, the image border and
-    the off-strip band, so a mask that falls short is redrawn larger (a few times at most)."""
+def _mask_near_area(rng: np.random.Generator, class_id: int, target: float,
+                    steel: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """A mask of the class whose area is near ``target``, and its kind: shapes lose area to overlaps, the image
+    border and the off-strip band, so a mask that falls short is redrawn larger (a few times at most)."""
+    kinds = KINDS[class_id]
+    kind = str(rng.choice(list(kinds), p=list(kinds.values()))) if len(kinds) > 1 else next(iter(kinds))
     scale, best, best_error = 1.0, None, math.inf
     for _ in range(8):
-        mask = _MASKERS[class_id](rng, target * scale, steel)
+        mask = _MASKERS[class_id](rng, target * scale, steel, kind)
         mask[:, : steel[0]] = 0
         mask[:, steel[1] :] = 0
         area = max(int(mask.sum()), 1)
         error = abs(math.log(area / target))
         if error < best_error:
-            best, best_error = mask, error
+            best, best_error = (mask, kind), error
         if error < 0.05:
             break
         scale *= float(np.clip(target / area, 0.25, 4.0))
     return best
 
 
-# Twin v3 is calibrated on real steel: the numbers below are those of the real sample as ``steeldefect.realism``
-# measures it (stored in ``realism_real.json``; medians over 43 images), not pixels. ``realism.compare`` checks them.
-# Grey levels of the lit steel (the unlit strips left out), per-image percentiles, median over the real images; the
-# images vary around them, the brighter levels the more (interquartile ranges: p1 36-51, p50 78-106, p99 138-218).
-GREY_QUANTILES = {0: 15.0, 1: 44.0, 5: 55.0, 25: 75.0, 50: 92.0, 75: 115.0, 95: 144.0, 99: 176.0, 100: 240.0}
-UNLIT_SHARE = 0.30  # images with a black unlit strip at one side (median width 378 px)
-# Per class: median |contrast| of a mask's mean grey against the 15-px ring of steel around it, and the share of
-# masks darker than their ring (real: class 1 +3.1, class 2 -4.3, class 3 |13.6| (signed median -4.9), class 4 -9.5
-# (|11.4|)); the defects' texture inside the mask is what makes them visible, as on real steel.
-DEFECT_CONTRAST = {1: (3.1, 0.2), 2: (4.3, 1.0), 3: (13.6, 0.6), 4: (11.4, 0.9)}
+# --- the steel ------------------------------------------------------------------------------------------------------
+# Real steel comes in families of surfaces (the real sample, looked at): a plain lit strip with light gradients and
+# fine vertical streaks; the same with mottled stains and drips; rough or speckled surfaces; embossed plates
+# (checker / tear-drop patterns); scaled, flaking surfaces. Bright water or oil spots, dark smears, specks and thin
+# vertical lines lie on any of them. All of these are defect-free in the labels, so the twin draws them on
+# defect-free and defective images alike, independently of the defects (domain randomisation: the real steel should
+# look like one more variation of the twin's). The shares are our choice (the real sample is too small to count them).
+FAMILIES = {"plain": 0.34, "stained": 0.34, "rough": 0.12, "plate": 0.06, "flaky": 0.04, "streaky": 0.10}
+DISTRACTORS = {"water": 0.18, "smear": 0.15, "specks": 0.30, "lines": 0.35, "glare": 0.35, "ripples": 0.20}
+UNLIT_SHARE = 0.30  # images with a black unlit strip at one side (real: 30 %, median width 378 px)
+# Lit steel's grey level: per-image median, real p50 78-106 between images (median 88); the spread within an image
+# comes from illumination, stains and texture.
+STEEL_LEVEL = (92.0, 24.0)
+DARK_KNEE = np.float32(50.0)  # grey level below which the lit steel's darker shades are compressed (x 0.35)
+# Per class: the median |contrast| drawn for a defect's texture against the 15-px ring of steel around it, and the
+# share of defects darker than their ring. Real sample, mask mean against ring: class 1 +3.1, class 2 -4.3, class 3
+# |13.6| (signed median -4.9), class 4 -9.5 (|11.4|). Classes 3 and 4 are drawn stronger than that because their
+# texture covers only part of the mask and is blended at an opacity below 1 (the measured |contrast| of the twin's
+# masks comes out near the real one); the texture inside the mask is what makes a defect visible, as on real steel.
+DEFECT_CONTRAST = {1: (3.1, 0.3), 2: (4.3, 0.8), 3: (20.0, 0.6), 4: (32.0, 0.85)}
+# Per class: the texture's strength inside the mask (grey levels, a range drawn from per defect): pits, scratch
+# grooves and rough scale are sharp, high-contrast detail on real steel even where the mean barely moves.
+DEFECT_TEXTURE = {1: (30.0, 60.0), 2: (12.0, 28.0), 3: (25.0, 60.0), 4: (20.0, 50.0)}
+
+
+def _smooth(rng: np.random.Generator, cells: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Unit Gaussian noise on a ``cells`` grid, resized smoothly to ``size`` (height, width)."""
+    small = rng.standard_normal((max(2, cells[0]), max(2, cells[1]))).astype(np.float32)
+    return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _fractal(rng: np.random.Generator, size: tuple[int, int], cells: tuple[int, int], octaves: int = 3) -> np.ndarray:
+    """Perlin-like fractal noise of ``size``: ``octaves`` of smooth noise, each twice as fine and half as strong as
+    the last, starting at ``cells``; zero mean, unit standard deviation."""
+    total, weight = np.zeros(size, np.float32), 1.0
+    for octave in range(octaves):
+        total += weight * _smooth(rng, (cells[0] << octave, cells[1] << octave), size)
+        weight *= 0.5
+    return (total - total.mean()) / max(float(total.std()), 1e-6)
+
+
+def _shade(height: np.ndarray, light_deg: float) -> np.ndarray:
+    """Relief: a height field lit from ``light_deg`` (slopes facing the light bright, the others dark)."""
+    gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3)
+    shaded = gx * math.cos(math.radians(light_deg)) + gy * math.sin(math.radians(light_deg))
+    return shaded / max(float(shaded.std()), 1e-6)
+
+
+def _window(rng: np.random.Generator, steel: tuple[int, int], width: int, height: int) -> tuple[slice, slice]:
+    x0 = int(rng.integers(steel[0], max(steel[0] + 1, steel[1] - width)))
+    y0 = int(rng.integers(0, max(1, IMAGE_SHAPE[0] - height)))
+    return slice(y0, min(IMAGE_SHAPE[0], y0 + height)), slice(x0, min(steel[1], x0 + width))
+
+
+def _plate(rng: np.random.Generator) -> np.ndarray:
+    """An embossed plate: two families of parallel grooves crossing in diamonds, lit from one side."""
+    height, width = IMAGE_SHAPE
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle, pitch, groove = rng.uniform(55, 80), rng.uniform(50, 180), rng.uniform(2.0, 6.0)
+    relief = np.zeros(IMAGE_SHAPE, np.float32)
+    for sign in (-1, 1):
+        turn = math.radians(sign * angle)
+        u = xs * math.sin(turn) + ys * math.cos(turn) + rng.uniform(0, pitch)
+        t = (u % pitch) - pitch / 2  # signed distance to the nearest groove's centre
+        relief += t / groove * np.exp(-((t / groove) ** 2))  # one flank bright, the other dark
+    return relief * np.float32(rng.uniform(12, 35))
+
+
+def _flakes(rng: np.random.Generator) -> np.ndarray:
+    """Scaled, flaking steel: crisp-edged plates of different brightness with relief along their edges."""
+    field = _fractal(rng, IMAGE_SHAPE, (int(rng.integers(2, 4)), int(rng.integers(8, 20))), octaves=3)
+    levels = np.digitize(field, np.sort(rng.normal(0, 0.8, int(rng.integers(2, 5))))).astype(np.float32)
+    plates = rng.normal(0, 1, 8).astype(np.float32)[levels.astype(np.int32)] * np.float32(rng.uniform(10, 30))
+    return plates + _shade(cv2.GaussianBlur(levels, (0, 0), 2.0), rng.uniform(0, 360)) * np.float32(rng.uniform(8, 25))
+
+
+def _stains(rng: np.random.Generator) -> np.ndarray:
+    """Mottled stains and drips: soft-edged dark (sometimes light) patches, stretched along the strip."""
+    height, width = IMAGE_SHAPE
+    field = _fractal(rng, IMAGE_SHAPE, (int(rng.integers(2, 5)), int(rng.integers(12, 40))), octaves=3)
+    patches = (field > rng.uniform(0.4, 1.4)).astype(np.float32)
+    soft = cv2.GaussianBlur(patches, (0, 0), rng.uniform(1.5, 5.0))
+    mottle = 1 + 0.4 * _smooth(rng, (height // 16, width // 16), IMAGE_SHAPE)
+    stains = soft * mottle * np.float32((1 if rng.random() < 0.2 else -1) * rng.uniform(8, 35))
+    drips = np.zeros(IMAGE_SHAPE, np.float32)
+    for _ in range(int(rng.integers(0, 30))):
+        x, w = int(rng.integers(0, width)), int(rng.integers(2, 16))
+        top = int(rng.integers(-height, height))
+        drips[max(top, 0): top + int(rng.integers(30, 2 * height)), x: x + w] -= rng.uniform(5, 25)
+    return stains + cv2.GaussianBlur(drips, (0, 0), sigmaX=rng.uniform(1, 3), sigmaY=rng.uniform(3, 10))
+
+
+def _rough(rng: np.random.Generator) -> np.ndarray:
+    """A rough or speckled surface: fine relief over the whole strip."""
+    height, width = IMAGE_SHAPE
+    bumps = _fractal(rng, IMAGE_SHAPE, (height // int(rng.integers(12, 40)), width // int(rng.integers(8, 30))), 2)
+    return _shade(bumps, rng.uniform(0, 360)) * np.float32(rng.uniform(3, 12))
+
+
+def _streaky(rng: np.random.Generator) -> np.ndarray:
+    """Strong vertical streaks: many thin darker and lighter lines along the strip."""
+    height, width = IMAGE_SHAPE
+    columns = cv2.GaussianBlur(rng.standard_normal((1, width)).astype(np.float32), (0, 0), rng.uniform(0.6, 2.5))
+    columns = columns / max(float(columns.std()), 1e-6)
+    along = 1 + 0.6 * _smooth(rng, (3, width // 40), IMAGE_SHAPE)
+    return columns * along * np.float32(rng.uniform(5, 15))
+
+
+_FAMILY_LOOKS = {"plain": None, "stained": _stains, "rough": _rough, "plate": _plate, "flaky": _flakes,
+                 "streaky": _streaky}
+
+
+def _water(rng: np.random.Generator, image: np.ndarray, steel) -> None:
+    """Bright water or oil spots: a few crisp-edged, nearly white blobs (defect-free on real steel)."""
+    for _ in range(int(rng.integers(1, 4))):
+        rows, cols = _window(rng, steel, int(rng.integers(30, 300)), int(rng.integers(30, 256)))
+        size = (rows.stop - rows.start, cols.stop - cols.start)
+        if min(size) < 4:
+            continue
+        field = _fractal(rng, size, (max(2, size[0] // 24), max(2, size[1] // 24)), octaves=2)
+        window = np.outer(np.hanning(size[0] + 2)[1:-1], np.hanning(size[1] + 2)[1:-1]).astype(np.float32)
+        spots = cv2.GaussianBlur(((field + 1.5 * window) > rng.uniform(1.2, 2.0)).astype(np.float32), (0, 0), 0.7)
+        target = np.float32(rng.uniform(200, 255))
+        region = image[rows, cols]
+        region += spots * np.float32(rng.uniform(0.6, 1.0)) * (target - region)
+
+
+def _smear(rng: np.random.Generator, image: np.ndarray, steel) -> None:
+    """A dark, smooth smear with a soft edge."""
+    rows, cols = _window(rng, steel, int(rng.integers(60, 500)), int(rng.integers(40, 256)))
+    size = (rows.stop - rows.start, cols.stop - cols.start)
+    if min(size) < 4:
+        return
+    window = np.outer(np.hanning(size[0] + 2)[1:-1], np.hanning(size[1] + 2)[1:-1]).astype(np.float32)
+    field = _fractal(rng, size, (2, 3), octaves=2) * 0.5 + 2 * window
+    image[rows, cols] -= cv2.GaussianBlur((field > 1.0).astype(np.float32), (0, 0), 4) * np.float32(rng.uniform(10, 40))
+
+
+def _specks(rng: np.random.Generator, image: np.ndarray, steel) -> None:
+    """Scattered tiny bright and dark specks."""
+    for _ in range(int(rng.integers(5, 80))):
+        x, y = _point_in(rng, steel)
+        cv2.circle(image, (x, y), int(rng.integers(1, 3)), float(rng.choice([20, 40, 200, 230])), -1)
+
+
+def _lines(rng: np.random.Generator, image: np.ndarray, steel) -> None:
+    """Thin, long, faint vertical lines (defect-free on real steel, unlike the crisp grooves of class 3)."""
+    for _ in range(int(rng.integers(1, 9))):
+        x, _ = _point_in(rng, steel)
+        top, length = int(rng.integers(-128, 200)), int(rng.integers(40, 400))
+        image[max(0, top): top + length, x: x + int(rng.integers(1, 4))] += np.float32(
+            rng.choice([-1, 1]) * rng.uniform(6, 25))
+
+
+def _glare(rng: np.random.Generator, image: np.ndarray, steel) -> None:
+    """A broad band of brighter light across the strip."""
+    xs = np.arange(IMAGE_SHAPE[1], dtype=np.float32)
+    centre, width = rng.uniform(*steel), rng.uniform(60, 500)
+    image += np.float32(rng.uniform(20, 80)) * np.exp(-(((xs - centre) / width) ** 2))[None, :]
+
+
+def _ripples(rng: np.random.Generator, image: np.ndarray, steel) -> None:
+    """Fine parallel ripples (rolling marks) at a random angle, fading in and out."""
+    height, width = IMAGE_SHAPE
+    ys, xs = np.ogrid[0:height, 0:width]
+    turn = math.radians(rng.uniform(-40, 40) + rng.choice([0, 90]))
+    phase = (xs * math.cos(turn) + ys * math.sin(turn)) * np.float32(2 * math.pi / rng.uniform(4, 14))
+    fade = np.clip(_smooth(rng, (3, 10), IMAGE_SHAPE), 0, None)
+    image += np.sin(phase).astype(np.float32) * fade * np.float32(rng.uniform(2, 8))
+
+
+_DISTRACTOR_LOOKS = {"water": _water, "smear": _smear, "specks": _specks, "lines": _lines, "glare": _glare,
+                     "ripples": _ripples}
+
+
+def _background(rng: np.random.Generator, steel: tuple[int, int], family: str,
+                distractors: tuple[str, ...]) -> np.ndarray:
+    """Steel of one family with its distractors: a lit strip (level, gradients, patchy light, fine vertical
+    streaks, grain) and an unlit strip where planned; float32 grey levels."""
+    height, width = IMAGE_SHAPE
+    level = float(np.clip(rng.normal(*STEEL_LEVEL), 45, 160))
+    ramp = np.linspace(-1, 1, width, dtype=np.float32)[None, :] * np.float32(rng.uniform(-35, 35))
+    light = _smooth(rng, (int(rng.integers(2, 5)), int(rng.integers(4, 16))), IMAGE_SHAPE) * np.float32(
+        rng.uniform(8, 32))
+    columns = cv2.GaussianBlur(rng.standard_normal((1, width)).astype(np.float32), (0, 0), rng.uniform(0.5, 2.0))
+    columns *= np.float32(rng.uniform(1.5, 6) / max(float(columns.std()), 1e-6))
+    image = level + ramp + light + columns * (1 + 0.5 * _smooth(rng, (3, width // 50), IMAGE_SHAPE))
+    image += rng.standard_normal(IMAGE_SHAPE, dtype=np.float32) * np.float32(rng.uniform(2.5, 7))
+    look = _FAMILY_LOOKS[family]
+    if look is not None:
+        image += look(rng)
+    for name in distractors:
+        _DISTRACTOR_LOOKS[name](rng, image, steel)
+    # lit steel rarely falls below ~35 grey levels (real p1 36-51 between images): the dark tail is compressed
+    image = np.where(image < DARK_KNEE, DARK_KNEE - (DARK_KNEE - image) * np.float32(0.35), image)
+    dark = rng.uniform(1, 10) + rng.standard_normal((height, width), dtype=np.float32)
+    if steel[0] > 0:
+        image[:, : steel[0]] = dark[:, : steel[0]]
+    if steel[1] < width:
+        image[:, steel[1]:] = dark[:, steel[1]:]
+    return image
+
+
+# --- the defects ----------------------------------------------------------------------------------------------------
+def _content_pits(rng, mask, look):
+    """Class 1: in each annotated polygon a small pit (dark or bright core with a lit rim), filling part of it."""
+    cover = np.zeros(mask.shape, np.float32)
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+    for k in range(1, count):
+        w, h = stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT]
+        axes = (max(1, round(w * rng.uniform(0.15, 0.4))), max(1, round(h * rng.uniform(0.15, 0.45))))
+        centre = (int(centroids[k][0] + rng.normal(0, w / 8)), int(centroids[k][1] + rng.normal(0, h / 8)))
+        cv2.ellipse(cover, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+    cover = cv2.GaussianBlur(cover, (0, 0), 0.8) * mask
+    texture = look["polarity"] * cover + 0.6 * _shade(cv2.GaussianBlur(cover, (0, 0), 1.5), look["light"])
+    return texture, cover
+
+
+def _groove(rng, mask, look):
+    """Classes 2 and 3 (strips): a groove along the box, with a bright and a dark flank, streaks along it."""
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    core = np.clip(distance / max(float(distance.max()) * rng.uniform(0.3, 0.8), 1.0), 0, 1)
+    height, width = mask.shape
+    streaks = _smooth(rng, (max(2, height // 40), max(2, width // 2)), mask.shape)
+    texture = (look["polarity"] * core + 0.8 * _shade(cv2.GaussianBlur(core, (0, 0), 1.0), look["light"])
+               + 0.5 * streaks * core)
+    return texture, np.clip(core * rng.uniform(1.5, 4.0), 0, 1)
+
+
+def _flecks(rng, mask, look):
+    """Class 3 (patches): bright flecks with dark shadows over a rougher ground, filling most of the polygon."""
+    height, width = mask.shape
+    marks = np.zeros(mask.shape, np.float32)
+    ys, xs = np.nonzero(mask)
+    for k in rng.choice(ys.size, size=min(ys.size, max(2, ys.size // int(rng.integers(60, 300)))), replace=False):
+        axes = (int(rng.integers(2, 12)), int(rng.integers(1, 3)))
+        cv2.ellipse(marks, (int(xs[k]), int(ys[k])), axes, float(rng.normal(0, 25)), 0, 360, 1.0, -1)
+    ground = _fractal(rng, mask.shape, (max(2, height // 12), max(2, width // 12)), octaves=2)
+    texture = 1.2 * marks + 0.8 * _shade(cv2.GaussianBlur(marks, (0, 0), 1.0), look["light"]) + 0.25 * ground
+    cover = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    return texture, cover
+
+
+def _scale(rng, mask, look):
+    """Class 4: rough, scaled relief with crisp, irregular edges inside the annotated polygon."""
+    height, width = mask.shape
+    bumps = _fractal(rng, mask.shape, (max(2, height // int(rng.integers(6, 20))),
+                                       max(2, width // int(rng.integers(6, 20)))), octaves=3)
+    edge = _fractal(rng, mask.shape, (max(2, height // 30), max(2, width // 30)), octaves=2)
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    cover = ((edge + inside / max(float(inside.max()), 1.0) * 3.0) > rng.uniform(0.3, 1.2)).astype(np.float32)
+    cover = cv2.GaussianBlur(cover * mask, (0, 0), 0.7)
+    texture = 0.9 * _shade(bumps, look["light"]) + 0.4 * bumps
+    return texture, cover
+
+
+def _content(rng, class_id: int, kind: str, mask, look):
+    if class_id == 1:
+        return _content_pits(rng, mask, look)
+    if class_id == 2 or kind == "strips":
+        return _groove(rng, mask, look)
+    if class_id == 3:
+        return _flecks(rng, mask, look)
+    return _scale(rng, mask, look)
+
+
+def _draw_defect(image: np.ndarray, class_id: int, mask: np.ndarray, look: dict) -> None:
+    """Draw one defect into ``image`` (in place), inside its mask only: a texture that replaces the steel's (blended
+    at the look's opacity, or added to it), its mean set ``contrast`` grey levels off the ring of steel around it."""
+    rows, cols = np.nonzero(np.any(mask, axis=1))[0], np.nonzero(np.any(mask, axis=0))[0]
+    ring = realism.RING + 1
+    y0, y1 = max(0, rows[0] - ring), min(IMAGE_SHAPE[0], rows[-1] + ring + 1)
+    x0, x1 = max(0, cols[0] - ring), min(IMAGE_SHAPE[1], cols[-1] + ring + 1)
+    region, inside = image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(bool)
+    around = realism.surroundings(inside) & (region >= UNLIT_LEVEL)
+    reference = float(region[around].mean()) if around.any() else float(region[inside].mean())
+    rng = np.random.default_rng(look["seed"])
+    texture, cover = _content(rng, class_id, look["kind"], inside, look)
+    texture = texture / max(float(texture[inside].std()), 1e-6)
+    change = look["contrast"] + look["texture"] * texture
+    if look["blend"] == "replace":
+        change = reference + change - region
+    region += np.float32(look["opacity"]) * cover * change * inside
 
 
 def _plan(rng: np.random.Generator, image_id: str, combo: tuple[int, ...], defect_contrast: float = 1.0) -> ImagePlan:
     width = IMAGE_SHAPE[1]
     steel = (0, width)
-    if rng.random() < UNLIT_SHARE:  # unlit black strip at one side, independent of the defects
+    # the steel first, drawn the same way for every image: no background statistic can tell the label
+    if rng.random() < UNLIT_SHARE:
         band = int(np.clip(rng.lognormal(math.log(378), 0.45), 40, 1100))
         steel = (band, width) if rng.random() < 0.5 else (0, width - band)
+    family = str(rng.choice(list(FAMILIES), p=list(FAMILIES.values())))
+    distractors = tuple(name for name, share in DISTRACTORS.items() if rng.random() < share)
     masks, looks = {}, {}
     for class_id in combo:
-        masks[class_id] = _mask_near_area(rng, class_id, _target_area(rng, class_id), steel)
+        masks[class_id], kind = _mask_near_area(rng, class_id, _target_area(rng, class_id), steel)
         magnitude, dark_share = DEFECT_CONTRAST[class_id]
         looks[class_id] = {
+            "kind": kind,
             "contrast": defect_contrast * float((-1.0 if rng.random() < dark_share else 1.0) * magnitude
-                                                * rng.lognormal(0, 0.35)),
-            "texture": defect_contrast * float(rng.uniform(0.6, 1.4)),  # strength of the texture inside the mask
+                                                * rng.lognormal(0, 0.5)),
+            "texture": defect_contrast * float(rng.uniform(*DEFECT_TEXTURE[class_id])),  # grey levels (std)
+            "polarity": float(-1.0 if rng.random() < 0.6 else 1.0),  # a dark or a bright core
+            "light": float(rng.uniform(0, 360)),  # where the relief is lit from
+            "blend": "replace" if rng.random() < 0.7 else "add",
+            "opacity": float(rng.uniform(0.6, 1.0)),
             "seed": int(rng.integers(2**31)),
         }
-    return ImagePlan(image_id, int(rng.integers(2**31)), steel, masks, looks)
-
-
-def _power_law_field(rng: np.random.Generator, slope: float, anisotropy: float, knee: float) -> np.ndarray:
-    """Gaussian noise whose power falls as frequency^-slope above ``knee`` (cycles per pixel; flat below it),
-    stretched ``anisotropy`` times along the columns (so that it forms vertical streaks), zero mean, unit variance."""
-    height, width = IMAGE_SHAPE
-    spectrum = scipy.fft.rfft2(rng.standard_normal(IMAGE_SHAPE, dtype=np.float32))
-    fy = np.fft.fftfreq(height).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(width).astype(np.float32)[None, :]
-    radius2 = fx**2 + (anisotropy * fy) ** 2 + np.float32(knee) ** 2
-    field = scipy.fft.irfft2(spectrum * radius2 ** np.float32(-slope / 4), s=IMAGE_SHAPE)
-    return (field - field.mean()) / max(float(field.std()), 1e-6)
-
-
-def _background(rng: np.random.Generator, steel: tuple[int, int]) -> np.ndarray:
-    """Steel: vertical streaks (an anisotropic power-law texture and dark drips), patchy illumination, with
-    the grey levels of real steel (its percentiles, jittered per image) and an unlit strip where planned."""
-    height, width = IMAGE_SHAPE
-    texture = _power_law_field(rng, slope=rng.uniform(1.9, 2.5), anisotropy=rng.uniform(2, 6), knee=1 / 64)
-    illumination = cv2.resize(rng.normal(0, 1, (3, 12)).astype(np.float32), (width, height),
-                              interpolation=cv2.INTER_CUBIC)
-    drips = np.zeros(IMAGE_SHAPE, np.float32)
-    for _ in range(int(rng.integers(0, 40))):
-        x, w = int(rng.integers(0, width)), int(rng.integers(1, 10))
-        top = int(rng.integers(-height, height))
-        drips[max(top, 0) : top + int(rng.integers(40, 2 * height)), x : x + w] -= rng.uniform(0.5, 2.5)
-    drips = cv2.GaussianBlur(drips, (0, 0), sigmaX=1.5, sigmaY=4)
-    across = cv2.resize(rng.normal(0, 1, (int(rng.integers(2, 6)), 1)).astype(np.float32), (1, height),
-                        interpolation=cv2.INTER_CUBIC)  # bands along the strip: lighter or darker rows
-    across = (across - across.mean()) / max(float(across.std()), 1e-6)
-    field = texture + rng.uniform(0.4, 1.2) * illumination + drips + 0.5 * rng.lognormal(0, 0.5) * across
-    # map the field's own quantiles onto real steel's grey levels (jittered: images differ in brightness and spread)
-    levels = np.array(list(GREY_QUANTILES.values()), np.float32)
-    levels = (levels - 20.0) * rng.lognormal(0, 0.3) + 20.0 + rng.normal(0, 6)  # real: darkest levels vary least
-    lit = field[:, steel[0] : steel[1]]
-    cuts = np.percentile(lit[::4, ::4], list(GREY_QUANTILES))
-    cuts[0], cuts[-1] = min(cuts[0], float(field.min())), max(cuts[-1], float(field.max()))
-    lo, hi = float(cuts[0]), float(cuts[-1])
-    table = np.interp(np.linspace(lo, hi, 4096), np.maximum.accumulate(cuts), levels).astype(np.float32)
-    image = table[((field - lo) * np.float32(4095 / max(hi - lo, 1e-6))).astype(np.int32)]  # np.interp, 4x faster
-    dark = np.float32(rng.uniform(1, 10))
-    image[:, : steel[0]] = dark
-    image[:, steel[1] :] = dark
-    return image
-
-
-def _defect_texture(rng: np.random.Generator, class_id: int, mask: np.ndarray, strength: float) -> np.ndarray:
-    """What a defect adds to the steel inside its mask, before its mean is set: its texture."""
-    height, width = IMAGE_SHAPE
-    inside = mask.astype(np.float32)
-    if class_id == 1:  # pits: small bright and dark spots scattered over the patches
-        spots = np.zeros(IMAGE_SHAPE, np.float32)
-        ys, xs = np.nonzero(mask)
-        for k in rng.choice(ys.size, size=min(ys.size, max(3, ys.size // 60)), replace=False):
-            cv2.circle(spots, (int(xs[k]), int(ys[k])), int(rng.integers(1, 4)), float(rng.choice([-1, 1, 1])), -1)
-        return strength * rng.uniform(35, 60) * cv2.GaussianBlur(spots, (0, 0), 0.8) * inside
-    if class_id == 2:  # a scratch: a dark core along the mask
-        core = cv2.erode(mask, np.ones((1, 5), np.uint8)).astype(np.float32)
-        return -strength * rng.uniform(15, 35) * cv2.GaussianBlur(core, (0, 0), 1.0) * inside
-    if class_id == 3:  # marks along the rolling direction: fine vertical streaks and flecks
-        streaks = cv2.GaussianBlur(rng.normal(0, 1, (height // 8, width)).astype(np.float32), (0, 0), sigmaX=1.2)
-        streaks = cv2.resize(streaks, (width, height), interpolation=cv2.INTER_LINEAR)
-        return strength * rng.uniform(18, 32) * streaks / max(float(streaks.std()), 1e-6) * inside
-    rough = cv2.GaussianBlur(rng.normal(0, 1, IMAGE_SHAPE).astype(np.float32), (0, 0), 3.0)  # class 4: rough patches
-    return strength * rng.uniform(12, 22) * rough / max(float(rough.std()), 1e-6) * inside
-
-
-def _set_contrast(image: np.ndarray, mask: np.ndarray, contrast: float) -> np.ndarray:
-    """Shift the defect (with a soft edge) so that its mean grey minus that of the steel around it (the ring that
-    ``realism.defect_shape`` measures) is ``contrast``."""
-    inside = mask.astype(bool)
-    ring = realism.surroundings(mask)
-    if not inside.any() or not ring.any():
-        return image
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5)
-    gain = max(float(soft[inside].mean() - soft[ring].mean()), 0.1)
-    for _ in range(3):  # again after clipping: pixels darkened below UNLIT_LEVEL leave the measure
-        shown = np.clip(image, 0, 255)
-        lit = shown >= UNLIT_LEVEL
-        if not (inside & lit).any() or not (ring & lit).any():
-            break
-        error = contrast - (shown[inside & lit].mean() - shown[ring & lit].mean())
-        if abs(error) < 0.5:
-            break
-        image = image + error / gain * soft
-    return image
+    return ImagePlan(image_id, int(rng.integers(2**31)), steel, masks, looks, family, distractors)
 
 
 def _render(plan: ImagePlan) -> np.ndarray:
-    """The image of a plan: background, then each defect's texture on its mask and its mean contrast set
+    """The image of a plan: the steel with its distractors, then each defect inside its mask
     (uint8, (256, 1600, 3))."""
-    rng = np.random.default_rng(plan.background_seed)
-    image = _background(rng, plan.steel)
+    image = _background(np.random.default_rng(plan.background_seed), plan.steel, plan.family, plan.distractors)
     for class_id, mask in plan.masks.items():
-        look = plan.looks[class_id]
-        image = image + _defect_texture(np.random.default_rng(look["seed"]), class_id, mask, look["texture"])
-        image = _set_contrast(image, mask, look["contrast"])
+        _draw_defect(image, class_id, mask, plan.looks[class_id])
     gray = np.clip(image, 0, 255).astype(np.uint8)
     return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
 
@@ -373,7 +601,7 @@ def make_synthetic_severstal(
         seed: the same seed gives byte-identical files.
         n_test_images: unlabelled images in ``test_images/`` (default: a tenth of ``n_images``, at least 2).
         defect_contrast: multiplies every defect's contrast and texture. 1 (the default, and what every command
-            uses): as subtle as on real steel. Larger values make the defects easier to see, e.g. for a test or a
+            uses): drawn as on real steel. Larger values make the defects easier to see, e.g. for a test or a
             lesson that needs small models to learn in a minute; the backgrounds, masks and names stay the same.
 
     Returns:

@@ -64,6 +64,7 @@ def scale_limits(limits: Limits, shape: tuple[int, int]) -> dict[int, tuple[floa
 # The cascade's decision per (image, class), in the order the rule tests them (an earlier reason wins).
 NO_DEFECT, ABSENT, EMPTY, OUT_OF_RANGE, KEPT = range(5)
 GATINGS = ("paper", "none")
+NEVER = 2.0  # a label threshold above any probability: the searched rule never predicts that class
 
 
 def _per_class(values, what: str) -> np.ndarray:
@@ -199,7 +200,9 @@ def search_thresholds(
 
     Returns:
         ``{class_id: {"label_threshold", "pixel_threshold", "min_area", "dice"}}``; ``dice`` is that class's mean
-        Dice over the images at the chosen values.
+        Dice over the images at the chosen values. The first candidate is "never predict this class" (label
+        threshold ``NEVER``, above any probability): it scores the all-empty Dice, and another setting is chosen only
+        where it scores higher, so the searched cascade is never below predicting nothing on these images.
     """
     # metrics imports TensorFlow: only here, the rest of the module is NumPy
     from .metrics import kaggle_dice_per_pair
@@ -210,7 +213,9 @@ def search_thresholds(
     mask_probs = np.asarray(mask_probs)
     has_truth = truth.any(axis=(1, 2))
     dice_if_empty = np.where(has_truth, 0.0, 1.0)
-    best: dict[int, dict] = {}
+    never = dice_if_empty.mean(axis=0)
+    best: dict[int, dict] = {c: {"label_threshold": NEVER, "pixel_threshold": 0.5, "min_area": 0, "dice": float(never[k])}
+                             for k, c in enumerate(CLASS_IDS)}
     for pixel in pixel_thresholds:
         binary = mask_probs >= pixel
         areas = binary.sum(axis=(1, 2))
@@ -221,7 +226,7 @@ def search_thresholds(
                                binary_threshold=binary_threshold, limits=dict.fromkeys(CLASS_IDS, (min_area, np.inf)))
                 scores = np.where(codes == KEPT, dice_if_kept, dice_if_empty).mean(axis=0)
                 for k, class_id in enumerate(CLASS_IDS):
-                    if class_id not in best or scores[k] > best[class_id]["dice"] + 1e-12:
+                    if scores[k] > best[class_id]["dice"] + 1e-12:
                         best[class_id] = {"label_threshold": float(label), "pixel_threshold": float(pixel),
                                           "min_area": int(min_area), "dice": float(scores[k])}
     return best

@@ -86,19 +86,16 @@ def test_the_stored_real_numbers_are_what_measure_gives_on_the_real_sample(real_
 
 @pytest.mark.slow
 def test_the_twin_meets_every_realism_target(tmp_path):
-    """Twin v3 is calibrated on real steel: the 600-image twin of docs/results.md meets each target of ``compare``
-    (the real-steel issue: grey-level percentiles within ±12, spread within ±15 %, unlit-strip share within ±10
-    points, vertical streaks, per-class contrast and components per mask within ±30 %).
-
-    One target sits on an edge: class 3's components per mask is a median of whole numbers whose distribution has
-    54-59 % of its masks at 3 parts or fewer (600, 800 and 1,200 images of seed 0, 500 of seed 1: median 3), so a
-    twin where that share falls below half has median 4, outside ±30 % of real steel's 3 (500 images of seed 0:
-    50 %, median 4). docs/results.md says so; centring it changes the twin, and so every figure measured on it."""
+    """The twin's summary statistics are real steel's: the 600-image twin of docs/results.md meets each target of
+    ``compare`` (grey-level percentiles within ±12, spread within ±15 %, unlit-strip share within ±10 points,
+    vertical streaks, per-class contrast and components per mask within ±30 %). Twin v4 is built from families of
+    steel, distractors and hard-edged defects and judged by transfer (benchmarks/bench_transfer.py); these numbers
+    are its diagnostics, kept so that a change to the generator that moves them away from steel is seen."""
     root = synthetic.make_synthetic_severstal(tmp_path / "twin", 600, seed=0, n_test_images=2)
     table = realism.compare(root).set_index("statistic")
     targets = table[table["target"] != ""]
     assert len(targets) == 18
     assert targets["within target"].all(), targets[~targets["within target"].astype(bool)]
     assert table.loc["texture: spectral slope along rows", "twin"] == pytest.approx(-1.12, abs=0.15)
-    for c in (1, 3):  # the real classes' shapes: class 1 upright pits, class 3 upright marks
+    for c in (1, 2, 3):  # the real classes' shapes: class 1 upright pits, class 2 and 3 upright marks
         assert table.loc[f"class {c}: orientation (°)", "twin"] > 60

@@ -133,12 +133,51 @@ def test_no_background_shortcut(plans):
     assert abs(brightness[flags].std() - brightness[~flags].std()) < 8
 
 
+def test_steel_families_and_distractors_are_drawn_independently_of_the_defects(plans):
+    """Every family of steel and every distractor (water spots, smears, lines...) lies on defect-free and defective
+    images alike, in about the same shares: what the steel looks like does not tell the label."""
+    defective = np.array([bool(p.masks) for p in plans])
+    assert {p.family for p in plans} == set(synthetic.FAMILIES)
+    for family, share in synthetic.FAMILIES.items():
+        on = np.array([p.family == family for p in plans])
+        assert abs(on[defective].mean() - share) < 0.05 and abs(on[~defective].mean() - share) < 0.05, family
+    for name, share in synthetic.DISTRACTORS.items():
+        on = np.array([name in p.distractors for p in plans])
+        assert abs(on[defective].mean() - share) < 0.05 and abs(on[~defective].mean() - share) < 0.05, name
+
+
+def test_defects_change_pixels_only_inside_their_masks():
+    """Labels only where pixels changed, and every mask's pixels changed: a defect is drawn inside its mask and
+    nowhere else (no seam outside it gives the label away), and it visibly changes what is inside."""
+    for plan in [p for p in synthetic.iter_plans(60, seed=1) if p.masks][:12]:
+        steel = synthetic._background(np.random.default_rng(plan.background_seed), plan.steel, plan.family,
+                                      plan.distractors)
+        drawn = synthetic._render(plan)[:, :, 0].astype(int)
+        plain = np.clip(steel, 0, 255).astype(np.uint8).astype(int)
+        inside = np.any(list(plan.masks.values()), axis=0)
+        assert np.array_equal(drawn[~inside], plain[~inside])
+        for class_id, mask in plan.masks.items():
+            changed = np.abs(drawn - plain)[mask.astype(bool)]
+            assert (changed > 2).mean() > 0.05, (plan.image_id, class_id)
+
+
+def test_mask_kinds_per_class(plans):
+    """Annotated as real steel is: class 1 pits, class 2 scratch boxes, class 3 strips or fleck polygons, class 4
+    rough patches; class 3 has both kinds in about the planned shares."""
+    kinds = {c: [p.looks[c]["kind"] for p in plans if c in p.masks] for c in (1, 2, 3, 4)}
+    assert set(kinds[1]) == {"pits"} and set(kinds[2]) == {"scratch"} and set(kinds[4]) == {"rough"}
+    assert set(kinds[3]) == {"strips", "flecks"}
+    assert 0.5 < np.mean([k == "strips" for k in kinds[3]]) < 0.7
+
+
 def test_looks_vary_within_a_class(plans):
     looks = [p.looks[3] for p in plans if 3 in p.masks][:200]
     contrast = np.array([look["contrast"] for look in looks])
     assert 0.45 < (contrast < 0).mean() < 0.75  # class-3 marks are darker or brighter than the steel around them
     assert np.percentile(np.abs(contrast), 90) > 1.8 * np.percentile(np.abs(contrast), 10)
-    assert np.std([look["texture"] for look in looks]) > 0.15
+    assert np.std([look["texture"] for look in looks]) > 5  # grey levels
+    assert {look["blend"] for look in looks} == {"replace", "add"}
+    assert np.std([look["opacity"] for look in looks]) > 0.05
     assert len({look["seed"] for look in looks}) == len(looks)
     areas = [p.masks[1].sum() for p in plans if 1 in p.masks]
     assert np.percentile(areas, 90) > 4 * np.percentile(areas, 10)

@@ -84,6 +84,24 @@ def test_search_finds_the_thresholds_that_maximise_dice():
     assert found[1]["label_threshold"] == 0.4 and found[1]["pixel_threshold"] == 0.5
     assert found[1]["min_area"] == 2000 and found[1]["dice"] == pytest.approx(1.0)
     assert found[2]["dice"] == pytest.approx(1.0)  # nothing there, nothing predicted
+    assert found[2]["label_threshold"] == thresholds.NEVER  # the first candidate, and none beats it
+
+
+def test_search_never_predicts_a_class_every_setting_gets_wrong():
+    """A class whose masks are wrong wherever they are predicted: "never predict it" (the all-empty score) is chosen,
+    so the searched rule is not below predicting nothing on these images."""
+    truth = np.zeros((4, 32, 32, 4), bool)
+    truth[0, :8, :8, 0] = True  # one image has a class-1 defect in the top-left corner
+    mask_probs = np.zeros((4, 32, 32, 4), np.float32)
+    mask_probs[:, 16:, 16:, 0] = 0.9  # every image gets a confident class-1 mask in the opposite corner
+    class_probs = np.full((4, 4), 0.9)
+    found = thresholds.search_thresholds(class_probs, mask_probs, truth, label_thresholds=(0.0, 0.5),
+                                         pixel_thresholds=(0.5,), min_areas=(0,))
+    assert found[1]["label_threshold"] == thresholds.NEVER
+    assert found[1]["dice"] == pytest.approx(0.75)  # three of four images rightly empty
+    codes = thresholds.decide(np.ones(4), class_probs, np.full((4, 4), 256), mask_shape=(32, 32),
+                              limits=dict.fromkeys((1, 2, 3, 4), (0, np.inf)), label_thresholds=found[1]["label_threshold"])
+    assert (codes[:, 0] == thresholds.ABSENT).all()
 
 
 def test_decide_on_literal_cases():
