@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +27,7 @@ def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically: a reader (or the next command after a kill) sees the old or the new
     file whole."""
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    handle, tmp = _new_temporary(path)
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
@@ -38,6 +38,19 @@ def write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _new_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` for its next content, created with the mode the user's umask gives any new file
+    (0644 under umask 022), as ``open`` does: ``tempfile.mkstemp`` always makes 0600, and ``os.replace`` would keep
+    that, leaving run files that a colleague or a serving container under another uid cannot read."""
+    for _ in range(100):
+        tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: str | Path, payload, *, indent: int | None = 2, default=None) -> Path:

@@ -241,7 +241,7 @@ def _mask_near_area(rng: np.random.Generator, class_id: int, target: float,
 # vertical lines lie on any of them. All of these are defect-free in the labels, so the twin draws them on
 # defect-free and defective images alike, independently of the defects (domain randomisation: the real steel should
 # look like one more variation of the twin's). The shares are our choice (the real sample is too small to count them).
-FAMILIES = {"plain": 0.34, "stained": 0.34, "rough": 0.12, "plate": 0.06, "flaky": 0.04, "streaky": 0.10}
+FAMILIES = {"plain": 0.30, "stained": 0.32, "rough": 0.12, "plate": 0.08, "flaky": 0.06, "streaky": 0.12}
 DISTRACTORS = {"water": 0.18, "smear": 0.15, "specks": 0.30, "lines": 0.35, "glare": 0.35, "ripples": 0.20}
 UNLIT_SHARE = 0.30  # images with a black unlit strip at one side (real: 30 %, median width 378 px)
 # Lit steel's grey level: per-image median, real p50 78-106 between images (median 88); the spread within an image
@@ -293,22 +293,25 @@ def _plate(rng: np.random.Generator) -> np.ndarray:
     """An embossed plate: two families of parallel grooves crossing in diamonds, lit from one side."""
     height, width = IMAGE_SHAPE
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    angle, pitch, groove = rng.uniform(55, 80), rng.uniform(50, 180), rng.uniform(2.0, 6.0)
+    angle, pitch, groove = rng.uniform(55, 82), rng.uniform(70, 240), rng.uniform(2.5, 9.0)
+    depth, flank = rng.uniform(10, 50), rng.uniform(15, 60)  # grey levels: the groove's dark core, its lit flanks
     relief = np.zeros(IMAGE_SHAPE, np.float32)
     for sign in (-1, 1):
         turn = math.radians(sign * angle)
         u = xs * math.sin(turn) + ys * math.cos(turn) + rng.uniform(0, pitch)
-        t = (u % pitch) - pitch / 2  # signed distance to the nearest groove's centre
-        relief += t / groove * np.exp(-((t / groove) ** 2))  # one flank bright, the other dark
-    return relief * np.float32(rng.uniform(12, 35))
+        t = ((u % pitch) - pitch / 2) / groove  # signed distance to the nearest groove's centre, in groove widths
+        bump = np.exp(-(t**2))
+        relief += flank * t * bump - depth * bump  # a dark core, one flank bright and the other dark
+    return relief
 
 
 def _flakes(rng: np.random.Generator) -> np.ndarray:
     """Scaled, flaking steel: crisp-edged plates of different brightness with relief along their edges."""
     field = _fractal(rng, IMAGE_SHAPE, (int(rng.integers(2, 4)), int(rng.integers(8, 20))), octaves=3)
     levels = np.digitize(field, np.sort(rng.normal(0, 0.8, int(rng.integers(2, 5))))).astype(np.float32)
-    plates = rng.normal(0, 1, 8).astype(np.float32)[levels.astype(np.int32)] * np.float32(rng.uniform(10, 30))
-    return plates + _shade(cv2.GaussianBlur(levels, (0, 0), 2.0), rng.uniform(0, 360)) * np.float32(rng.uniform(8, 25))
+    plates = rng.normal(0, 1, 8).astype(np.float32)[levels.astype(np.int32)] * np.float32(rng.uniform(20, 50))
+    edges = _shade(cv2.GaussianBlur(levels, (0, 0), 1.2), rng.uniform(0, 360))
+    return plates + edges * np.float32(rng.uniform(15, 45))
 
 
 def _stains(rng: np.random.Generator) -> np.ndarray:
@@ -422,7 +425,7 @@ def _background(rng: np.random.Generator, steel: tuple[int, int], family: str,
     columns = cv2.GaussianBlur(rng.standard_normal((1, width)).astype(np.float32), (0, 0), rng.uniform(0.5, 2.0))
     columns *= np.float32(rng.uniform(1.5, 6) / max(float(columns.std()), 1e-6))
     image = level + ramp + light + columns * (1 + 0.5 * _smooth(rng, (3, width // 50), IMAGE_SHAPE))
-    image += rng.standard_normal(IMAGE_SHAPE, dtype=np.float32) * np.float32(rng.uniform(2.5, 7))
+    image += rng.standard_normal(IMAGE_SHAPE, dtype=np.float32) * np.float32(rng.uniform(3, 8))
     look = _FAMILY_LOOKS[family]
     if look is not None:
         image += look(rng)

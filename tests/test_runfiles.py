@@ -47,6 +47,21 @@ def test_a_writer_killed_mid_way_leaves_a_whole_file(tmp_path):
     assert saved["values"][-1] == 199_999 and saved["i"] >= 0
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mode):
+    """As readable as the user's other files (a colleague, CI or a serving container under another uid can load
+    cascade.json and read report.md beside the weights), and no more: the umask decides, as for ``open``."""
+    old = os.umask(umask)
+    try:
+        written = runfiles.write_json(tmp_path / "cascade.json", {"a": 1})
+        rewritten = runfiles.write_text(written, "{}\n")  # replacing a file gives the new one the same mode
+    finally:
+        os.umask(old)
+    assert rewritten == written and written.read_text() == "{}\n"
+    assert written.stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["cascade.json"]
+
+
 def test_read_json_names_a_damaged_file(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text('{"val": {"acc": 0.9')
