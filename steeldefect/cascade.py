@@ -105,6 +105,8 @@ def _read_image(image) -> np.ndarray:
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ValueError(f"an image array must be uint8 (0-255), got {array.dtype}")
+    if array.ndim in (2, 3) and 0 in array.shape:
+        raise ValueError(f"an image array must be H×W or H×W×3 with H, W > 0, got shape {array.shape} (empty)")
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim == 3 and array.shape[2] == 3:

@@ -361,6 +361,11 @@ def load_model(directory: str | Path) -> keras.Model:
     try:
         model = build_model(spec)
         model.load_weights(directory / WEIGHTS_FILE)
+    except OSError as err:  # h5py: a weights file cut short, emptied or overwritten (a copy that failed, a full disk)
+        raise runfiles.RunFileError(
+            f"{directory / WEIGHTS_FILE} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+            "copy it again from where it was trained, or retrain that stage (delete its folder and rerun the "
+            "experiments, which resume)") from err
     except (KeyError, TypeError, ValueError) as err:  # a model.json of another version, or weights of another model
         raise runfiles.RunFileError(
             f"{directory}: {SPEC_FILE} and {WEIGHTS_FILE} do not make a model this version of steeldefect can load "

@@ -63,9 +63,11 @@ def read_json(path: str | Path) -> dict:
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunFileError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): the file is damaged; delete "
-                           "it to have it rebuilt, or start the run over with --fresh") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = (f"{err.msg}, line {err.lineno}" if isinstance(err, json.JSONDecodeError)
+                 else f"not UTF-8 text: byte {err.start}")
+        raise RunFileError(f"{path} is not valid JSON ({where}): the file is damaged; delete it to have it rebuilt, "
+                           "or start the run over with --fresh") from None
 
 
 class RunFileError(ValueError):

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,13 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         cascade.predict(np.zeros((64, 320)))
     with pytest.raises(ValueError, match=r"must be H×W or H×W×3, got shape \(64, 320, 4\)"):
         cascade.predict(np.zeros((64, 320, 4), np.uint8))
+    for empty in ((0, 0, 3), (0, 320, 3), (64, 0), (64, 320, 0)):  # never reaches TensorFlow's resize
+        with pytest.raises(ValueError, match=re.escape(f"H×W or H×W×3 with H, W > 0, got shape {empty} (empty)")):
+            cascade.predict(np.zeros(empty, np.uint8))
+    with pytest.raises(ValueError, match=r"must be H×W or H×W×3, got shape \(1, 64, 320, 3\)"):
+        cascade.predict(np.zeros((1, 64, 320, 3), np.uint8))  # a batch is predict_batch's
+    with pytest.raises(ValueError, match=r"with H, W > 0, got shape \(0, 0, 3\)"):
+        cascade.predict_batch([np.zeros((64, 320, 3), np.uint8), np.zeros((0, 0, 3), np.uint8)])
     with pytest.raises(ValueError, match="gating must be one of paper, none"):
         make(gating="sometimes")
 

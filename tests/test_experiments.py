@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect import experiments, report
+from steeldefect import experiments, report, runfiles
 from steeldefect.config import PROFILES, TABLE_ROWS
 
 from .conftest import run_smoke
@@ -96,6 +96,15 @@ def test_cascade_table_counts_and_the_all_empty_reference():
     assert (empty["Dice class1"], empty["Dice class2"]) == (0.8, 0.6)
     assert empty["Kaggle mean Dice"] == pytest.approx(0.7)
     assert (empty["tp/fp/fn class1"], empty["tp/fp/fn class2"]) == ("0/0/2", "0/0/4")
+
+
+def test_the_report_says_when_the_paper_rule_is_below_all_empty_on_validation():
+    below = report.validation_line({"paper_rule": 0.79512, "searched": 0.8625, "all_empty": 0.8625})
+    assert below.startswith("On the validation split the cascade's Kaggle mean Dice is 0.7951 by the paper's rule "
+                            "and 0.8625 with the searched thresholds; predicting every mask empty scores 0.8625.")
+    assert "**The paper's rule scores below predicting no defect here**" in below
+    above = report.validation_line({"paper_rule": 0.905, "searched": 0.909, "all_empty": 0.867})
+    assert "0.9050 by the paper's rule" in above and "below" not in above
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -306,6 +315,10 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     assert timing["total_s"] == pytest.approx(sum(timing["stages_s"].values()) + timing["final_s"])
     assert timing["stages_trained"] == 5 and "paper cascade" in results["cascade"]["variants"]
     assert "Minutes per stage" in (run_dir / "report.md").read_text()
+    validation = runfiles.read_json(run_dir / "cascade.json")["validation"]  # the cascade on its validation images
+    assert set(validation) == {"paper_rule", "searched", "all_empty"}
+    assert validation["searched"] >= validation["all_empty"]  # "never predict this class" is among the candidates
+    assert report.validation_line(validation) in (run_dir / "report.md").read_text()
     assert "ETA run" in next(line for line in second.stdout.splitlines() if line.startswith("[2/6]"))
     cascade = json.loads((run_dir / "cascade.json").read_text())
     assert set(cascade) >= {"binary", "multilabel", "segmentation", "limits", "searched", "image_size"}

@@ -1,3 +1,5 @@
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -6,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from steeldefect import models
+from steeldefect import models, runfiles
 from steeldefect.config import BACKBONES
 
 UNET_TRAINABLE_4CLASS = {  # sm.Unet, weights=None, 4 classes, 256x1600
@@ -167,6 +169,24 @@ def test_saved_weights_leave_out_the_optimizer(tmp_path):
     loaded = models.load_model(tmp_path)
     for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_weights_file_is_named_not_a_traceback(tmp_path):
+    """A weights file cut short, emptied or overwritten (a failed copy, a full disk) gives one RunFileError that
+    names the file and says what to do; h5py's OSError never reaches the user."""
+    model = models.build_classifier("efficientnetb0", 1, (32, 160), None, head="simple")
+    models.save_model(model, tmp_path / "good", models.spec_of(model))
+    whole = (tmp_path / "good" / models.WEIGHTS_FILE).read_bytes()
+    rng = np.random.default_rng(0)
+    for damage, content in (("truncated", whole[: len(whole) // 3]), ("empty", b""),
+                            ("garbage", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())):
+        folder = tmp_path / damage
+        shutil.copytree(tmp_path / "good", folder)
+        (folder / models.WEIGHTS_FILE).write_bytes(content)
+        with pytest.raises(runfiles.RunFileError, match=re.escape(f"{folder / models.WEIGHTS_FILE} is damaged")) as err:
+            models.load_model(folder)
+        assert "retrain that stage" in str(err.value), damage
+    assert models.load_model(tmp_path / "good").count_params() == model.count_params()
 
 
 @pytest.mark.parametrize("kind", ["classifier", "unet"])

@@ -1,6 +1,7 @@
 """The notebooks: committed without outputs, thin, and executed top to bottom (nbclient) without writing into the
 repository. Each runs in ``<tmp>/notebooks/`` so that its default paths (``../data``, ``../runs``) land in ``<tmp>``."""
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def _outputs(notebook, mime: str) -> list[str]:
             for output in cell.outputs if mime in output.get("data", {})]
 
 
+def _png_width(encoded: str) -> int:
+    """The width of a notebook's base64 PNG output, from its IHDR header."""
+    return int.from_bytes(base64.b64decode(encoded)[16:20], "big")
+
+
 def _text(notebook) -> str:
     return "\n".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
                      for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
@@ -93,7 +99,10 @@ def repository_untouched():
 @pytest.mark.slow
 def test_01_data(base):
     notebook = _execute("01_data.ipynb", base, TWIN_IMAGES=120)
-    assert len(_outputs(notebook, "image/png")) == 5  # Figures 3, 4, the examples, Figure 9, real against twin
+    # Figures 3, 4, the examples, Figure 9, real against twin in numbers, the data beside real steel (here alone)
+    pictures = _outputs(notebook, "image/png")
+    assert len(pictures) == 6
+    assert _png_width(pictures[-1]) < 1.1 * _png_width(pictures[2])  # one column: no real folder given
     tables = "\n".join(_outputs(notebook, "text/html"))
     for expected in ("EncodedPixels", "Defect_4", "has_defect", "paper min", "Validation", "within target"):
         assert expected in tables
@@ -104,7 +113,9 @@ def test_01_data(base):
 def test_01_data_on_the_real_sample(real_dir, tmp_path):
     notebook = _execute("01_data.ipynb", tmp_path, DATA_DIR=str(real_dir), REAL_DIR=str(real_dir))
     assert "43 images" in _text(notebook) and str(real_dir) in _text(notebook)
-    assert len(_outputs(notebook, "image/png")) == 5
+    pictures = _outputs(notebook, "image/png")
+    assert len(pictures) == 6
+    assert _png_width(pictures[-1]) > 1.5 * _png_width(pictures[2])  # this folder and real steel, side by side
     assert not (tmp_path / "data").exists()  # no twin was written
 
 

@@ -67,6 +67,9 @@ def test_read_json_names_a_damaged_file(tmp_path):
     path.write_text('{"val": {"acc": 0.9')
     with pytest.raises(runfiles.RunFileError, match=r"metrics.json is not valid JSON .*line 1.*--fresh"):
         runfiles.read_json(path)
+    path.write_bytes(bytes(range(128, 256)) * 8)  # overwritten with bytes that are not even text
+    with pytest.raises(runfiles.RunFileError, match=r"metrics.json is not valid JSON \(not UTF-8 text.*--fresh"):
+        runfiles.read_json(path)
 
 
 def test_the_mark_tells_a_run_from_a_users_folder(tmp_path):
