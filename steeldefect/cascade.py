@@ -646,11 +646,17 @@ class TFLiteModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise CascadeError(f"{self.path} is missing: the TFLite cascade's metadata names it")
-        self._runner = _tflite_interpreter(self.path, num_threads).get_signature_runner("serve")
-        found = self._runner.get_input_details()["images"]["shape_signature"]
-        self.input_shape = (None, *(int(v) for v in found[1:]))
-        found = next(iter(self._runner.get_output_details().values()))["shape_signature"]
-        self.output_shape = (None, *(int(v) for v in found[1:]))
+        try:  # a file cut short, emptied or overwritten: LiteRT raises ValueError, or UnicodeDecodeError on garbage
+            self._runner = _tflite_interpreter(self.path, num_threads).get_signature_runner("serve")
+            found = self._runner.get_input_details()["images"]["shape_signature"]
+            self.input_shape = (None, *(int(v) for v in found[1:]))
+            found = next(iter(self._runner.get_output_details().values()))["shape_signature"]
+            self.output_shape = (None, *(int(v) for v in found[1:]))
+        except (ValueError, RuntimeError, KeyError, StopIteration, UnicodeDecodeError) as err:
+            raise CascadeError(f"{self.path} is not a stage this TFLite cascade can run ({type(err).__name__}: "
+                               f"{str(err).strip().splitlines()[0] if str(err).strip() else err!r}): the file is "
+                               "damaged; export the cascade again (python -m steeldefect.cascade export --format "
+                               "tflite)") from err
 
     def __call__(self, images, training: bool = False) -> np.ndarray:
         return next(iter(self._runner(images=np.asarray(images, np.uint8)).values()))

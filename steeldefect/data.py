@@ -385,7 +385,11 @@ def examples(table: pd.DataFrame, n: int = 4) -> pd.DataFrame:
 def with_split(table: pd.DataFrame, splits_path: str | Path) -> pd.DataFrame:
     """``table`` with the ``split`` column of a run's ``splits.csv`` (``ImageId,split``); every image must be in it."""
     splits_path = Path(splits_path)
-    splits = pd.read_csv(splits_path)
+    try:
+        splits = pd.read_csv(splits_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{splits_path} is damaged ({str(err).strip().splitlines()[0]}): delete it to have the "
+                        "split made again from its seed, or start the run over with --fresh") from None
     if list(splits.columns) != ["ImageId", "split"]:
         raise DataError(f"{splits_path}: expected the columns ImageId,split, got {','.join(splits.columns)}")
     merged = table.merge(splits, on="ImageId", how="left", validate="one_to_one")

@@ -123,9 +123,14 @@ def resolve_encoder_weights(backbone: str, encoder_weights: str | os.PathLike | 
 
 
 def _encoder(backbone: str, image_size: tuple[int, int], weights: Path | None) -> keras.Model:
-    return BACKBONES[check_backbone(backbone)](
-        include_top=False, weights=None if weights is None else str(weights), input_shape=(*image_size, 3)
-    )
+    build = BACKBONES[check_backbone(backbone)]
+    try:
+        return build(include_top=False, weights=None if weights is None else str(weights), input_shape=(*image_size, 3))
+    except OSError as err:  # h5py: the weights file is cut short, empty or not HDF5 at all
+        raise runfiles.RunFileError(
+            f"encoder weights file {weights} cannot be read ({str(err).splitlines()[0] if str(err) else err!r}): it "
+            "is damaged or not a Keras weights file; copy it again or pass another --encoder-weights (a run's "
+            "encoder.weights.h5: retrain that backbone's stage 1 by deleting its binary folder and rerunning)") from err
 
 
 def all_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -182,10 +182,12 @@ TASK_TITLES = {"binary": "binary classification", "multilabel": "multi-label cla
 def histories(run_dir: str | Path, backbone: str, task: str) -> list[tuple[str, pd.DataFrame]]:
     """``[(label, history)]`` of a backbone's stage: one for a classifier, one per UNet for segmentation."""
     base = Path(run_dir) / backbone
+    remedy = "delete the stage's folder and rerun the experiments to train it again (they resume)"
     if task == "segmentation":
-        return [(f.parent.name, pd.read_csv(f)) for f in sorted((base / "segmentation").glob("*/history.csv"))]
+        return [(f.parent.name, runfiles.read_csv(f, ("epoch",), remedy))
+                for f in sorted((base / "segmentation").glob("*/history.csv"))]
     path = base / task / "history.csv"
-    return [(task, pd.read_csv(path))] if path.is_file() else []
+    return [(task, runfiles.read_csv(path, ("epoch",), remedy))] if path.is_file() else []
 
 
 def _metric_title(task: str, name: str) -> str:

@@ -9,6 +9,7 @@ breaks the next command. ``run_marker`` / ``is_run_dir`` tell a run directory fr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -68,6 +69,26 @@ def read_json(path: str | Path) -> dict:
                  else f"not UTF-8 text: byte {err.start}")
         raise RunFileError(f"{path} is not valid JSON ({where}): the file is damaged; delete it to have it rebuilt, "
                            "or start the run over with --fresh") from None
+
+
+def read_csv(path: str | Path, columns: tuple[str, ...], remedy: str):
+    """A run's CSV file (``history.csv``, ``splits.csv``) as a DataFrame with at least ``columns``; one that cannot
+    be read so (cut short, emptied, overwritten) raises ``RunFileError`` naming it and saying ``remedy``."""
+    import pandas as pd  # here: this module is imported by everything, pandas by far fewer
+
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):  # every run CSV is written whole, its last line ended
+        raise RunFileError(f"{path} is damaged (cut short: its last line is incomplete): {remedy}")
+    try:
+        frame = pd.read_csv(io.BytesIO(raw))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise RunFileError(f"{path} is damaged ({str(err).strip().splitlines()[0]}): {remedy}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise RunFileError(f"{path} is damaged (no column {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}"
+                           f"): {remedy}")
+    return frame
 
 
 class RunFileError(ValueError):

@@ -55,6 +55,7 @@ LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": p
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
 BACKUP_METADATA = "training_metadata.json"  # what BackupAndRestore writes after each epoch (Keras 3)
+BACKUP_WEIGHTS = "latest.weights.h5"  # and the weights it restores from
 NOT_TRAINABLE = "not_trainable"  # metrics.json key of a stage without training images: why
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
 
@@ -309,8 +310,31 @@ def _json_default(value):
 
 
 def read_history(path: str | Path) -> pd.DataFrame:
-    """A stage's ``history.csv`` (one row per epoch) as a DataFrame."""
-    return pd.read_csv(path)
+    """A stage's ``history.csv`` (one row per epoch) as a DataFrame; a damaged one is named (``RunFileError``)."""
+    return runfiles.read_csv(path, ("epoch",), HISTORY_REMEDY)
+
+
+HISTORY_REMEDY = ("delete it, and the stage's backup/ folder beside it, to train that stage again from its start "
+                  "(a finished stage: delete its folder and rerun, which resumes)")
+
+
+def check_resume_files(directory: Path) -> None:
+    """The weights a resumed stage reads back (``BackupAndRestore``'s ``latest.weights.h5``, the best epoch's
+    ``best.weights.h5``) open as HDF5 files; one cut short, emptied or overwritten is named before training starts,
+    not found by Keras half-way (a traceback that names neither)."""
+    import h5py
+
+    for path, remedy in ((directory / BACKUP_DIR / BACKUP_WEIGHTS, f"delete {directory / BACKUP_DIR} to train this "
+                          "stage again from its start"),
+                         (directory / BEST_WEIGHTS, "delete it and rerun: the stage resumes from its backup and keeps "
+                          "the best of the epochs still to come")):
+        if not path.is_file():
+            continue
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as err:
+            raise runfiles.RunFileError(f"{path} is damaged ({str(err).splitlines()[0]}): {remedy}") from err
 
 
 class HistoryRecorder(keras.callbacks.Callback):
@@ -505,6 +529,7 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
     keras.utils.set_random_seed(config.seed)
     history_path = directory / HISTORY_FILE
     backup_dir = directory / BACKUP_DIR
+    check_resume_files(directory)
     restored = _restored_epoch(backup_dir)
     rows = _previous_rows(history_path, restored)
     if restored:

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -671,6 +672,23 @@ def test_the_tflite_cascade_decides_as_the_keras_cascade(tmp_path, capsys, b0_bu
     cascade = _coded_cascade()
     lite = cascade_module.TFLiteCascade.load(cascade.export(tmp_path / "coded", "tflite"))
     _assert_same_as_predict(_outputs(lite.predict_batch(list(images))), cascade.predict_batch(list(images)))
+    umask = os.umask(0)
+    os.umask(umask)
+    for exported in (tmp_path / "coded").iterdir():  # readable as the user's other files are
+        assert exported.stat().st_mode & 0o777 == 0o666 & ~umask, exported.name
+    stage = sorted((tmp_path / "coded").glob("*.tflite"))[0]
+    whole = stage.read_bytes()
+    for damage, content in (("truncated", whole[: len(whole) // 3]), ("empty", b""),
+                            ("garbage", np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8).tobytes())):
+        copy = tmp_path / f"coded-{damage}"
+        shutil.copytree(tmp_path / "coded", copy)
+        (copy / stage.name).write_bytes(content)
+        with pytest.raises(CascadeError, match=re.escape(f"{copy / stage.name} is not a stage this TFLite cascade "
+                                                         "can run")):
+            cascade_module.TFLiteCascade.load(copy)
+    (copy / "metadata.json").write_bytes(whole[:100])  # the metadata overwritten: named, not a traceback
+    with pytest.raises(runfiles.RunFileError, match=re.escape(f"{copy / 'metadata.json'} is not valid JSON")):
+        cascade_module.TFLiteCascade.load(copy)
     b0, bundle = b0_bundle
     assert cascade_module.main(["export", "--run", str(bundle), str(tmp_path / "lite"), "--format", "tflite",
                                 "--precision", "float16", "--tta", "hflip"]) == 0

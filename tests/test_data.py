@@ -213,6 +213,10 @@ def test_with_split_reads_a_runs_splits_and_names_what_is_missing(tmp_path):
     path.write_text("image,part\na.jpg,train\n")
     with pytest.raises(data.DataError, match="expected the columns ImageId,split, got image,part"):
         data.with_split(table, path)
+    for damaged in (b"", bytes(range(128, 256)) * 4):  # emptied, overwritten with bytes that are not text
+        path.write_bytes(damaged)
+        with pytest.raises(data.DataError, match=r"splits.csv is damaged \(.*\): delete it to have the split made again"):
+            data.with_split(table, path)
 
 
 def test_a_class_the_split_left_out_of_train_gets_one_image():

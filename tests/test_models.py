@@ -124,6 +124,21 @@ def test_encoder_weights_from_a_local_file(tmp_path):
     assert not np.array_equal(fresh.get_layer(index=2).get_layer("block3a_expand_conv").get_weights()[0], reference)
 
 
+def test_a_damaged_encoder_weights_file_is_named(tmp_path):
+    """A --encoder-weights file (or a run's encoder.weights.h5) cut short, emptied or overwritten: one RunFileError
+    naming it, before any training."""
+    good = tmp_path / "encoder.weights.h5"
+    models._encoder("efficientnetb0", (32, 160), None).save_weights(good)
+    whole = good.read_bytes()
+    rng = np.random.default_rng(1)
+    for damage, content in (("truncated", whole[: len(whole) // 3]), ("empty", b""),
+                            ("garbage", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())):
+        path = tmp_path / f"{damage}.weights.h5"
+        path.write_bytes(content)
+        with pytest.raises(runfiles.RunFileError, match=re.escape(f"encoder weights file {path} cannot be read")):
+            models.build_classifier("efficientnetb0", 1, (32, 160), str(path), head="simple")
+
+
 def test_save_then_load_in_a_fresh_process_predicts_identically(tmp_path):
     x = np.random.default_rng(2).integers(0, 256, (2, 64, 320, 3)).astype(np.uint8)
     np.save(tmp_path / "x.npy", x)

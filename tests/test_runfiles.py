@@ -72,6 +72,17 @@ def test_read_json_names_a_damaged_file(tmp_path):
         runfiles.read_json(path)
 
 
+def test_read_csv_names_a_damaged_file(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\n1,0.7,0.69\n2,0.6,0.65\n")
+    assert runfiles.read_csv(path, ("epoch",), "retrain it")["loss"].tolist() == [0.7, 0.6]
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 3], b"", bytes(range(128, 256)) * 4):
+        path.write_bytes(damaged)  # cut short (its header cut), emptied, bytes that are not text
+        with pytest.raises(runfiles.RunFileError, match=r"history.csv is damaged \(.*\): retrain it$"):
+            runfiles.read_csv(path, ("epoch",), "retrain it")
+
+
 def test_the_mark_tells_a_run_from_a_users_folder(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from steeldefect import data, metrics, models, rle, training
+from steeldefect import data, metrics, models, rle, runfiles, training
 from steeldefect.config import TrainConfig
 
 SIZE = (64, 320)
@@ -333,3 +333,29 @@ def test_freeze_encoder_freezes_stages_2_and_3_never_stage_1():
     assert trainable(joint) < 0.7 * joint.count_params()
     unfrozen = training.build_stage_model("efficientnetb0", "joint", TrainConfig(image_size=(64, 320), encoder_weights=None))
     assert trainable(unfrozen) > 0.99 * unfrozen.count_params()
+
+
+def test_damaged_weights_a_resumed_stage_reads_back_are_named_before_training(tmp_path):
+    """BackupAndRestore's latest.weights.h5 and the best epoch's best.weights.h5, cut short, emptied or overwritten:
+    one RunFileError naming the file and what to do, before Keras reads it half-way through fit."""
+    import h5py
+
+    training.check_resume_files(tmp_path)  # nothing to resume: nothing to check
+    backup = tmp_path / training.BACKUP_DIR
+    backup.mkdir()
+    for path in (backup / training.BACKUP_WEIGHTS, tmp_path / training.BEST_WEIGHTS):
+        with h5py.File(path, "w") as out:
+            out["weights"] = np.arange(4096, dtype=np.float32)
+    training.check_resume_files(tmp_path)  # whole files pass
+    for path, remedy in ((backup / training.BACKUP_WEIGHTS, f"delete {backup} to train this stage again"),
+                         (tmp_path / training.BEST_WEIGHTS, "delete it and rerun")):
+        whole = path.read_bytes()
+        for damaged in (whole[: len(whole) // 3], b"", np.random.default_rng(0).bytes(4096)):
+            path.write_bytes(damaged)
+            with pytest.raises(runfiles.RunFileError, match=rf"{path.name} is damaged \(.*\): {remedy}"):
+                training.check_resume_files(tmp_path)
+        path.write_bytes(whole)
+    history = tmp_path / training.HISTORY_FILE
+    history.write_bytes(b"")
+    with pytest.raises(runfiles.RunFileError, match=r"history.csv is damaged .*backup/ folder beside it"):
+        training.read_history(history)
