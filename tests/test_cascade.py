@@ -624,6 +624,10 @@ def test_the_exported_savedmodel_decides_as_predict(tmp_path):
     assert meta["tta"] == "hvflip" and meta["area_filter"] is False and meta["gating"] == "paper"
     assert meta["area_limits_256x1600"]["1"] == [500, 15500] and meta["decision_codes"]["4"] == "kept"
     assert meta["stages"]["binary"] == {"backbone": None, "input_size": [64, 320], "outputs": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    for exported in (p for p in (tmp_path / "tta").rglob("*") if p.is_file()):  # readable as the user's files are
+        assert exported.stat().st_mode & 0o777 == 0o666 & ~umask, exported
 
 
 def test_the_exported_savedmodel_needs_tensorflow_alone(tmp_path, b0_bundle):

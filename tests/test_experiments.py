@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from steeldefect import experiments, report, runfiles
 from steeldefect.config import PROFILES, TABLE_ROWS
 
-from .conftest import run_smoke
+from .conftest import SMOKE_BACKBONES, run_smoke
 from .test_data import HEADER_2020, make_layout
 
 
@@ -511,3 +512,42 @@ def test_freeze_encoder_reaches_the_stages_it_names():
         assert {s for s in ("binary", "multilabel", "joint")
                 if experiments._train_config(settings, s).freeze_encoder} == frozen, flags
     assert experiments._settings(parse([]), PROFILES["quick"])["freeze_encoder"] == []
+
+
+DAMAGES = {"truncated": lambda whole: whole[: len(whole) // 3], "empty": lambda whole: b"",
+           "garbage": lambda whole: np.random.default_rng(0).bytes(max(len(whole) // 3, 64))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_each_damaged_run_file_is_named_by_the_command_that_reads_it(smoke_run, tmp_path, capsys, damage):
+    """Fault injection on copies of the session's smoke run: each kind of file that a command reads back, damaged
+    in turn (cut to a third, emptied, random bytes), gives one line that names it and exit code 2, never a
+    traceback (the files a training resume reads are tested at their reader in test_training)."""
+    from steeldefect import cascade as cascade_module
+
+    chosen = runfiles.read_json(smoke_run.run_dir / "cascade.json")
+    stage = chosen["binary"]  # the stage-1 model the cascade serves
+    image = next((smoke_run.cwd / "data" / "synthetic-48" / "train_images").iterdir())
+    report_only = ["--report-only", "--profile", "smoke", "--backbones", *SMOKE_BACKBONES]
+    cases = [
+        (f"{stage}/model.weights.h5", lambda run: cascade_module.main(["--run", str(run), str(image)])),
+        (f"{stage}/model.json", lambda run: cascade_module.main(["--run", str(run), str(image)])),
+        ("cascade.json", lambda run: cascade_module.main(["--run", str(run), str(image)])),
+        (f"{stage}/model.weights.h5", lambda run: cascade_module.main(["export", "--run", str(run),
+                                                                       str(run.parent / f"{run.name}-export")])),
+        ("efficientnetb0/binary/history.csv", lambda run: experiments.main([*report_only, "--run-dir", str(run)])),
+        ("efficientnetb0/binary/metrics.json", lambda run: experiments.main([*report_only, "--run-dir", str(run)])),
+        ("cascade_eval.json", lambda run: experiments.main([*report_only, "--run-dir", str(run)])),
+    ]
+    capsys.readouterr()
+    for k, (name, command) in enumerate(cases):
+        run = tmp_path / f"run{k}"
+        shutil.copytree(smoke_run.run_dir, run)
+        target = run / name
+        target.write_bytes(DAMAGES[damage](target.read_bytes()))
+        assert command(run) == 2, (name, damage)
+        printed = capsys.readouterr()
+        lines = [line for line in printed.err.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and name.split("/")[-1] in lines[0] and str(run) in lines[0], (name, printed.err)
+        assert "Traceback" not in printed.err + printed.out, (name, damage)
