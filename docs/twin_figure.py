@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 
 from steeldefect import synthetic
+from steeldefect.config import CLASS_COLOURS
 
-OUTLINE = {1: (75, 25, 230), 2: (75, 180, 60), 3: (200, 130, 0), 4: (25, 225, 255)}  # BGR, as cascade.COLOURS
+OUTLINE = {c: rgb[::-1] for c, rgb in CLASS_COLOURS.items()}  # BGR for OpenCV
 
 
 def _panel(plan: synthetic.ImagePlan, title: str) -> np.ndarray:

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from . import loaders, metrics, models, rle, runfiles, thresholds
-from .config import CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE, TTA_CHOICES, tta_from_choice
+from .config import CLASS_COLOURS, CLASS_IDS, DEFECT_COLUMNS, IMAGE_SHAPE, TTA_CHOICES, tta_from_choice
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ GATINGS = thresholds.GATINGS
 TTA_FLIPS: dict[str | None, tuple[tuple[int, ...], ...]] = {
     None: ((),), "hflip": ((), (2,)), "hvflip": ((), (2,), (1,), (1, 2)),
 }
-COLOURS = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}  # RGB per class
+COLOURS = CLASS_COLOURS  # RGB per class
 
 KEPT = "kept"
 NO_DEFECT = "dropped: stage 1 predicted no defect"
@@ -654,7 +654,7 @@ class TFLiteModel:
             self.output_shape = (None, *(int(v) for v in found[1:]))
         except (ValueError, RuntimeError, KeyError, StopIteration, UnicodeDecodeError) as err:
             raise CascadeError(f"{self.path} is not a stage this TFLite cascade can run ({type(err).__name__}: "
-                               f"{str(err).strip().splitlines()[0] if str(err).strip() else err!r}): the file is "
+                               f"{runfiles.first_line(err)}): the file is "
                                "damaged; export the cascade again (python -m steeldefect.cascade export --format "
                                "tflite)") from err
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 IMAGE_SHAPE: tuple[int, int] = (256, 1600)  # (height, width) of every Severstal image
 CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
+CLASS_COLOURS: dict[int, tuple[int, int, int]] = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200),
+                                                  4: (255, 225, 25)}  # RGB per class, in every picture of masks
 NUM_CLASSES = len(CLASS_IDS)
 DEFECT_COLUMNS: tuple[str, ...] = tuple(f"Defect_{c}" for c in CLASS_IDS)
 BACKBONES: tuple[str, ...] = tuple(f"efficientnetb{i}" for i in range(5))

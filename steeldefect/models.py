@@ -128,7 +128,7 @@ def _encoder(backbone: str, image_size: tuple[int, int], weights: Path | None) -
         return build(include_top=False, weights=None if weights is None else str(weights), input_shape=(*image_size, 3))
     except OSError as err:  # h5py: the weights file is cut short, empty or not HDF5 at all
         raise runfiles.RunFileError(
-            f"encoder weights file {weights} cannot be read ({str(err).splitlines()[0] if str(err) else err!r}): it "
+            f"encoder weights file {weights} cannot be read ({runfiles.first_line(err)}): it "
             "is damaged or not a Keras weights file; copy it again or pass another --encoder-weights (a run's "
             "encoder.weights.h5: retrain that backbone's stage 1 by deleting its binary folder and rerunning)") from err
 
@@ -368,13 +368,13 @@ def load_model(directory: str | Path) -> keras.Model:
         model.load_weights(directory / WEIGHTS_FILE)
     except OSError as err:  # h5py: a weights file cut short, emptied or overwritten (a copy that failed, a full disk)
         raise runfiles.RunFileError(
-            f"{directory / WEIGHTS_FILE} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+            f"{directory / WEIGHTS_FILE} is damaged ({runfiles.first_line(err)}): "
             "copy it again from where it was trained, or retrain that stage (delete its folder and rerun the "
             "experiments, which resume)") from err
     except (KeyError, TypeError, ValueError) as err:  # a model.json of another version, or weights of another model
         raise runfiles.RunFileError(
             f"{directory}: {SPEC_FILE} and {WEIGHTS_FILE} do not make a model this version of steeldefect can load "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else err!r}); retrain it (delete the "
+            f"({type(err).__name__}: {runfiles.first_line(err)}); retrain it (delete the "
             "folder and rerun the experiments, which resume) or use the steeldefect version that saved it") from err
     object.__setattr__(model, SPEC_ATTRIBUTE, spec)  # what it was rebuilt from, for saving it again as it is
     return model

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, rle
-from .config import CLASS_IDS, DEFECT_COLUMNS
+from .config import CLASS_COLOURS, CLASS_IDS, DEFECT_COLUMNS
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 UNLIT_LEVEL = 20  # a column whose mean grey level is below this is unlit (the black strips at the sides)
@@ -236,9 +236,6 @@ def fig_compare(table: pd.DataFrame):
     return fig
 
 
-OUTLINES = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}  # RGB, as cascade.COLOURS
-
-
 def _outlined(path: Path, row: pd.Series) -> np.ndarray:
     """An image (RGB) with each class's mask outlined in its colour."""
     picture = cv2.cvtColor(_grey(path), cv2.COLOR_GRAY2RGB)
@@ -246,7 +243,7 @@ def _outlined(path: Path, row: pd.Series) -> np.ndarray:
         if row[column]:
             contours, _ = cv2.findContours(rle.decode(row[column]).astype(np.uint8), cv2.RETR_EXTERNAL,
                                            cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(picture, contours, -1, OUTLINES[c], 3)
+            cv2.drawContours(picture, contours, -1, CLASS_COLOURS[c], 3)
     return picture
 
 

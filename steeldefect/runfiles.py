@@ -83,12 +83,18 @@ def read_csv(path: str | Path, columns: tuple[str, ...], remedy: str):
     try:
         frame = pd.read_csv(io.BytesIO(raw))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise RunFileError(f"{path} is damaged ({str(err).strip().splitlines()[0]}): {remedy}") from None
+        raise RunFileError(f"{path} is damaged ({first_line(err)}): {remedy}") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise RunFileError(f"{path} is damaged (no column {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}"
                            f"): {remedy}")
     return frame
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, for a one-line error that wraps it (its repr when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
 
 
 class RunFileError(ValueError):

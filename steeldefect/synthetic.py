@@ -289,6 +289,11 @@ def _window(rng: np.random.Generator, steel: tuple[int, int], width: int, height
     return slice(y0, min(IMAGE_SHAPE[0], y0 + height)), slice(x0, min(steel[1], x0 + width))
 
 
+def _hann(size: tuple[int, int]) -> np.ndarray:
+    """A window of ``size`` that is 1 in the middle and falls to 0 at the edges (a spot fades out at its window's)."""
+    return np.outer(np.hanning(size[0] + 2)[1:-1], np.hanning(size[1] + 2)[1:-1]).astype(np.float32)
+
+
 def _plate(rng: np.random.Generator) -> np.ndarray:
     """An embossed plate: two families of parallel grooves crossing in diamonds, lit from one side."""
     height, width = IMAGE_SHAPE
@@ -358,7 +363,7 @@ def _water(rng: np.random.Generator, image: np.ndarray, steel) -> None:
         if min(size) < 4:
             continue
         field = _fractal(rng, size, (max(2, size[0] // 24), max(2, size[1] // 24)), octaves=2)
-        window = np.outer(np.hanning(size[0] + 2)[1:-1], np.hanning(size[1] + 2)[1:-1]).astype(np.float32)
+        window = _hann(size)
         spots = cv2.GaussianBlur(((field + 1.5 * window) > rng.uniform(1.2, 2.0)).astype(np.float32), (0, 0), 0.7)
         target = np.float32(rng.uniform(200, 255))
         region = image[rows, cols]
@@ -371,7 +376,7 @@ def _smear(rng: np.random.Generator, image: np.ndarray, steel) -> None:
     size = (rows.stop - rows.start, cols.stop - cols.start)
     if min(size) < 4:
         return
-    window = np.outer(np.hanning(size[0] + 2)[1:-1], np.hanning(size[1] + 2)[1:-1]).astype(np.float32)
+    window = _hann(size)
     field = _fractal(rng, size, (2, 3), octaves=2) * 0.5 + 2 * window
     image[rows, cols] -= cv2.GaussianBlur((field > 1.0).astype(np.float32), (0, 0), 4) * np.float32(rng.uniform(10, 40))
 

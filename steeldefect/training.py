@@ -334,7 +334,7 @@ def check_resume_files(directory: Path) -> None:
             with h5py.File(path, "r"):
                 pass
         except OSError as err:
-            raise runfiles.RunFileError(f"{path} is damaged ({str(err).splitlines()[0]}): {remedy}") from err
+            raise runfiles.RunFileError(f"{path} is damaged ({runfiles.first_line(err)}): {remedy}") from err
 
 
 class HistoryRecorder(keras.callbacks.Callback):
