@@ -61,7 +61,7 @@ def main() -> None:
     data_dir = Path(runfiles.read_json(args.run / "config.json")["data_dir"])
     table = data.with_split(data.load_table(data_dir), args.run / "splits.csv")
     names = table.loc[table["split"] == "test", "ImageId"].head(args.images)
-    images = np.stack([cascade._read_image(data_dir / "train_images" / name) for name in names])
+    images = np.stack([cascade.read_image(data_dir / "train_images" / name) for name in names])
     batches = [images[i : i + BATCH] for i in range(0, len(images), BATCH)]
     trained = cascade.Cascade.load(args.run)
     shutil.rmtree(args.out, ignore_errors=True)

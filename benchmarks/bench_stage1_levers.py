@@ -59,7 +59,7 @@ def measure(name: str, options: dict, root: Path, real: Path = Path("../shared/r
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from sklearn.metrics import roc_auc_score
 
-    from steeldefect import data, models, synthetic, training
+    from steeldefect import data, models, runfiles, synthetic, training
     from steeldefect.config import TrainConfig
 
     height, width = (int(v) for v in options["size"].split("x"))
@@ -80,7 +80,7 @@ def measure(name: str, options: dict, root: Path, real: Path = Path("../shared/r
     result = training.train_stage(run, options["backbone"], "binary", config, table=table,
                                   images_dir=twin / "train_images", callbacks=callbacks, verbose=0)
     seconds = time.perf_counter() - start
-    model = models.load_model(training.stage_dir(run, options["backbone"], "binary"))
+    model = models.load_model(runfiles.stage_dir(run, options["backbone"], "binary"))
 
     def scores(rows, images_dir):
         truth, prob = training._classification_arrays(model, rows, images_dir, "binary", config)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 IMAGE_SHAPE: tuple[int, int] = (256, 1600)  # (height, width) of every Severstal image
 CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
 CLASS_COLOURS: dict[int, tuple[int, int, int]] = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200),
                                                   4: (255, 225, 25)}  # RGB per class, in every picture of masks
-NUM_CLASSES = len(CLASS_IDS)
 DEFECT_COLUMNS: tuple[str, ...] = tuple(f"Defect_{c}" for c in CLASS_IDS)
 BACKBONES: tuple[str, ...] = tuple(f"efficientnetb{i}" for i in range(5))
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -41,19 +40,22 @@ CLASSIFICATION_STAGES: tuple[str, ...] = ("binary", "multilabel")  # the stages 
 # --freeze-encoder: which stages train with the encoder they start from frozen (TrainConfig.freeze_encoder)
 FREEZE_CHOICES: dict[str, tuple[str, ...]] = {"none": (), "multilabel": ("multilabel",),
                                               "all": ("multilabel", "segmentation")}
-STAGES: tuple[str, ...] = (*CLASSIFICATION_STAGES, "segmentation")
 # TrainConfig.multilabel_pos_weight: None (the paper's plain BCE), "balanced" or "rare" (training.stage_pos_weight)
 MULTILABEL_POS_WEIGHTS: tuple[str | None, ...] = (None, "balanced", "rare")
-SEGMENTATION_TASKS: tuple[str, ...] = tuple(f"class{c}" for c in CLASS_IDS)
+SEGMENTATION_TASKS: tuple[str, ...] = tuple(f"class{c}" for c in CLASS_IDS)  # one UNet per class (the paper's)
+JOINT_STAGE = "joint"  # or one 4-channel UNet for every class (runfiles: stage names <-> class ids)
+UNET_MULTIPLE = 32  # a UNet halves its input five times: height and width must be multiples of 32
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    """How images are divided into train / validation / test (paper, Section 4)."""
-
-    test_size: float = TEST_SIZE
-    val_size: float = VAL_SIZE
-    seed: int = SPLIT_SEED
+def check_image_size(image_size, what: str = "a UNet") -> tuple[int, int]:
+    """``(height, width)`` as ints when both are positive multiples of 32, else ``ValueError`` saying so."""
+    height, width = (int(v) for v in image_size)
+    if height < UNET_MULTIPLE or width < UNET_MULTIPLE or height % UNET_MULTIPLE or width % UNET_MULTIPLE:
+        raise ValueError(
+            f"{what} needs image_size (height, width) in multiples of {UNET_MULTIPLE}, got {height}x{width}; "
+            f"e.g. 256x1600, 128x800 or 64x320 (64x400 fails: 400 is not a multiple of {UNET_MULTIPLE})"
+        )
+    return height, width
 
 
 # Rows of the paper's Tables 2-7: (task, metric). Tasks are the run-directory names of the stages.
@@ -116,6 +118,10 @@ class TrainConfig:
     # BatchNormalization keeps the statistics it starts with (models.freeze_encoder). Ignored for the binary stage.
     freeze_encoder: bool = False
 
+    def to_json(self) -> dict:
+        """The settings as JSON-ready data (tuples as lists), as ``config.json`` records them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
 
 # Flip test-time augmentation as the command lines name it (--tta): "none" is off, None in Python.
 TTA_CHOICES = ("none", "hflip", "hvflip")
@@ -158,7 +164,7 @@ class Profile:
     minutes_note: str = ""
 
     def stages(self) -> tuple[str, ...]:
-        segmentation = ("joint",) if self.segmentation == "joint" else SEGMENTATION_TASKS
+        segmentation = (JOINT_STAGE,) if self.segmentation == JOINT_STAGE else SEGMENTATION_TASKS
         return (*CLASSIFICATION_STAGES, *segmentation)
 
 

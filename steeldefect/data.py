@@ -35,6 +35,16 @@ class DataError(ValueError):
     """Bad input data; the message names the file and, where there is one, the line."""
 
 
+class BadImagesError(DataError):
+    """Images of a folder that cannot be used; ``bad`` maps each ImageId to what is wrong with it."""
+
+    def __init__(self, images_dir: Path, bad: dict[str, str], n_images: int):
+        shown = "; ".join(f"{image_id}: {problem}" for image_id, problem in list(bad.items())[:3])
+        super().__init__(f"{len(bad)} of {n_images} images in {images_dir} cannot be used ({shown}"
+                         f"{'; ...' if len(bad) > 3 else ''})")
+        self.images_dir, self.bad, self.n_images = images_dir, bad, n_images
+
+
 @dataclass(frozen=True)
 class SkippedRow:
     """A CSV row left out under ``on_error="skip"``, and why."""
@@ -96,12 +106,8 @@ class _Rows:
         self.skipped.append(SkippedRow(str(self.path), line, image_id, reason))
 
 
-def _read_csv(
-    csv_path: Path, shape: tuple[int, int], on_error: str
-) -> tuple[pd.DataFrame, dict[str, int], list[SkippedRow]]:
-    """Defect rows (ImageId, ClassId, EncodedPixels, line), every image the file names (→ first line), skips."""
-    _check_on_error(on_error)
-    csv_path = Path(csv_path)
+def _read_raw_csv(csv_path: Path) -> tuple[pd.DataFrame, bool]:
+    """The annotation file as text columns, and whether it is the 2019 release's; errors name the file."""
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: no such annotation file (expected the Kaggle train.csv)")
     if not csv_path.read_text().strip():
@@ -119,7 +125,16 @@ def _read_csv(
             f"{csv_path}: unknown header {','.join(header)}; expected {','.join(HEADER_2020)} (2020 release) "
             f"or {','.join(HEADER_2019)} (2019 release)"
         )
-    is_2019 = header == HEADER_2019
+    return raw, header == HEADER_2019
+
+
+def _read_csv(
+    csv_path: Path, shape: tuple[int, int], on_error: str
+) -> tuple[pd.DataFrame, dict[str, int], list[SkippedRow]]:
+    """Defect rows (ImageId, ClassId, EncodedPixels, line), every image the file names (→ first line), skips."""
+    _check_on_error(on_error)
+    csv_path = Path(csv_path)
+    raw, is_2019 = _read_raw_csv(csv_path)
     rows = _Rows(csv_path, on_error)
     records: list[tuple[str, int, str, int]] = []
     first_line: dict[tuple[str, int], int] = {}
@@ -286,6 +301,24 @@ def check_images(images_dir: str | Path, image_ids, *, shape: tuple[int, int] = 
     with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL while it decodes
         problems = pool.map(lambda image_id: _image_problem(images_dir / image_id, shape), image_ids)
         return {image_id: problem for image_id, problem in zip(image_ids, problems, strict=True) if problem}
+
+
+def load_usable(data_dir: str | Path, *, skip_bad_images: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A Kaggle-layout folder's table (``load_table``) after every image was checked (``check_images``), and the bad
+    images ``{ImageId: problem}``: a bad image raises ``BadImagesError`` naming it, unless ``skip_bad_images``
+    leaves it out of the table.
+
+    Example:
+        >>> table, bad = load_usable("../shared/real")
+    """
+    table = load_table(data_dir)
+    images_dir = Path(data_dir) / "train_images"
+    bad = check_images(images_dir, table["ImageId"])
+    if bad and not skip_bad_images:
+        raise BadImagesError(images_dir, bad, len(table))
+    if bad:
+        table = table[~table["ImageId"].isin(list(bad))].reset_index(drop=True)
+    return table, bad
 
 
 def class_labels(table: pd.DataFrame) -> np.ndarray:

@@ -132,3 +132,15 @@ def start(name: str):
             strategy = tf.distribute.get_strategy()
         _strategies[name] = strategy
     return _strategies[name]
+
+
+def describe(config: dict) -> str:
+    """How a run's strategy (its config.json's settings) divides a batch: over which devices or workers, and what
+    each computes."""
+    strategy = start(config["strategy"])
+    replicas = strategy.num_replicas_in_sync
+    where = (f"{num_workers()} worker(s), {replicas} replica(s) in all" if config["strategy"] == "multiworker"
+             else f"{replicas} device(s): {', '.join(d.split('/')[-1] for d in strategy.extended.worker_devices)}")
+    return (f"{config['strategy']} over {where}; --batch-size is the global batch ({config['batch_size']}, "
+            f"{config['segmentation_batch_size']} for the UNets), divided between the replicas, with the learning rate "
+            "of one device")

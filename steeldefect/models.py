@@ -25,7 +25,7 @@ with contextlib.redirect_stdout(io.StringIO()):  # it announces its framework on
 import efficientnet.tfkeras as efn  # noqa: E402
 
 from . import runfiles  # noqa: E402
-from .config import STAGE1_ENCODER  # noqa: E402
+from .config import STAGE1_ENCODER, check_image_size  # noqa: E402
 
 BACKBONES = {
     "efficientnetb0": efn.EfficientNetB0,
@@ -65,16 +65,6 @@ def check_backbone(backbone: str) -> str:
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
     return backbone
-
-
-def _check_size(image_size, multiple: int, what: str) -> tuple[int, int]:
-    height, width = (int(v) for v in image_size)
-    if height < multiple or width < multiple or height % multiple or width % multiple:
-        raise ValueError(
-            f"{what} needs image_size (height, width) in multiples of {multiple}, got {height}x{width}; "
-            f"e.g. 256x1600, 128x800 or 64x320 (64x400 fails: 400 is not a multiple of 32)"
-        )
-    return height, width
 
 
 def weights_file_name(backbone: str) -> str:
@@ -238,7 +228,7 @@ def build_unet(
 
     Reproduces the UNet-EfficientNet of the paper's Sections 3.3-3.4.
     """
-    image_size = _check_size(image_size, 32, "a UNet")
+    image_size = check_image_size(image_size, "a UNet")
     weights = resolve_encoder_weights(backbone, encoder_weights)
     unet = sm.Unet(
         check_backbone(backbone), encoder_weights=None, classes=num_classes, activation="sigmoid",
@@ -383,3 +373,37 @@ def load_model(directory: str | Path) -> keras.Model:
 def spec_of(model: keras.Model) -> dict | None:
     """The spec a model was built (``build_classifier``, ``build_unet``), loaded or saved with; None for others."""
     return getattr(model, SPEC_ATTRIBUTE, None)
+
+
+def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 25) -> int:
+    """Re-estimate every BatchNormalization layer's moving statistics on ``dataset`` (precise BN).
+
+    Short runs from random initialisation leave the moving averages far behind the weights, so inference sits
+    at chance while training accuracy climbs (DESIGN.md, "Known facts"). Averaging the batch statistics of a few
+    forward passes in training mode with the final weights fixes that; no weight is trained. Returns the number
+    of batches used.
+    """
+    layers = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0  # each training-mode call then stores exactly this batch's statistics
+    forward = forward_fn(model, training=True)
+    sums = [[np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)] for layer in layers]
+    batches = 0
+    try:
+        for images, _ in dataset.take(max_batches):
+            forward(tf.cast(images, tf.uint8))
+            for total, layer in zip(sums, layers, strict=True):
+                total[0] += keras.ops.convert_to_numpy(layer.moving_mean)
+                total[1] += keras.ops.convert_to_numpy(layer.moving_variance)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    for (mean, variance), layer in zip(sums, layers, strict=True):
+        if batches:
+            layer.moving_mean.assign(mean / batches)
+            layer.moving_variance.assign(variance / batches)
+    return batches

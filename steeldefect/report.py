@@ -35,15 +35,12 @@ def row_label(task: str, metric: str) -> tuple[str, str]:
 
 
 def _stage_metrics(run_dir: Path, backbone: str, task: str) -> dict | None:
-    base = run_dir / backbone
-    path = base / task / "metrics.json" if task in SECTION else base / "segmentation" / task / "metrics.json"
-    if path.is_file():
-        return runfiles.read_json(path)
-    joint = base / "segmentation" / "joint" / "metrics.json"
-    if task not in SECTION and joint.is_file():
-        result = runfiles.read_json(joint)
-        return {split: (result[split] or {}).get(task) for split in SPLITS}
-    return None
+    """A task's metrics by split: its stage's ``metrics.json``, or for a class the joint UNet's values of it."""
+    found = runfiles.stage_metrics(run_dir, backbone, task)
+    if found is not None or task in SECTION:
+        return found
+    joint = runfiles.stage_metrics(run_dir, backbone, runfiles.JOINT_STAGE)
+    return None if joint is None else {split: (joint[split] or {}).get(task) for split in SPLITS}
 
 
 def collect(run_dir: str | Path, backbones) -> dict[str, dict[tuple[str, str], list[float | None]]]:
@@ -181,13 +178,10 @@ TASK_TITLES = {"binary": "binary classification", "multilabel": "multi-label cla
 
 def histories(run_dir: str | Path, backbone: str, task: str) -> list[tuple[str, pd.DataFrame]]:
     """``[(label, history)]`` of a backbone's stage: one for a classifier, one per UNet for segmentation."""
-    base = Path(run_dir) / backbone
     remedy = "delete the stage's folder and rerun the experiments to train it again (they resume)"
-    if task == "segmentation":
-        return [(f.parent.name, runfiles.read_csv(f, ("epoch",), remedy))
-                for f in sorted((base / "segmentation").glob("*/history.csv"))]
-    path = base / task / "history.csv"
-    return [(task, runfiles.read_csv(path, ("epoch",), remedy))] if path.is_file() else []
+    stages = list(runfiles.SEGMENTATION_STAGES) if task == "segmentation" else [task]
+    paths = [(stage, runfiles.stage_dir(run_dir, backbone, stage) / runfiles.HISTORY_FILE) for stage in stages]
+    return [(stage, runfiles.read_csv(path, ("epoch",), remedy)) for stage, path in sorted(paths) if path.is_file()]
 
 
 def _metric_title(task: str, name: str) -> str:
@@ -420,10 +414,22 @@ def plan_lines(plan: dict) -> list[str]:
     return lines
 
 
+def _write_cascade_table(cascade_results: dict, tables: Path) -> None:
+    """``tables/cascade.md`` and ``.csv``: the cascade's ablation (``cascade_eval.json``)."""
+    frame = cascade_table(cascade_results)
+    runfiles.write_text(tables / "cascade.md",
+        f"**Cascade ablation on the {cascade_results['split']} split ({cascade_results['n_images']} images, at "
+        f"{cascade_results['image_size'][0]}x{cascade_results['image_size'][1]})**\n\n"
+        + frame.to_markdown(floatfmt=".4f") + "\n\n_tp/fp/fn: images where the class was predicted and "
+        "present / predicted and absent / present and not predicted. The last row predicts every mask empty: "
+        "the score a cascade must beat, and exactly a class's score when the cascade never predicts it._\n")
+    runfiles.write_text(tables / "cascade.csv", frame.to_csv())
+
+
 def build_report(run_dir: str | Path) -> dict:
     """Write every table, figure, ``results.json`` and ``report.md`` of a run from its files; returns results."""
     run_dir = Path(run_dir)
-    config = runfiles.read_json(run_dir / "config.json")
+    config = runfiles.read_json(run_dir / runfiles.CONFIG_FILE)
     backbones = config["backbones"]
     tables, figures = run_dir / "tables", run_dir / "figures"
     tables.mkdir(exist_ok=True)
@@ -441,31 +447,24 @@ def build_report(run_dir: str | Path) -> dict:
     runfiles.write_text(tables / "paper_comparison.md",
         "# Our values beside the paper's\n\n" + heading + comparison.to_markdown(index=False, floatfmt=".6f") + "\n")
     runfiles.write_text(tables / "paper_comparison.csv", comparison.to_csv(index=False))
-    cascade_results = runfiles.read_json(run_dir / "cascade_eval.json") if (run_dir / "cascade_eval.json").is_file() else None
+    cascade_results = runfiles.read_optional_json(run_dir / runfiles.CASCADE_EVAL_FILE)
     if cascade_results:
-        frame = cascade_table(cascade_results)
-        runfiles.write_text(tables / "cascade.md",
-            f"**Cascade ablation on the {cascade_results['split']} split ({cascade_results['n_images']} images, at "
-            f"{cascade_results['image_size'][0]}x{cascade_results['image_size'][1]})**\n\n"
-            + frame.to_markdown(floatfmt=".4f") + "\n\n_tp/fp/fn: images where the class was predicted and "
-            "present / predicted and absent / present and not predicted. The last row predicts every mask empty: "
-            "the score a cascade must beat, and exactly a class's score when the cascade never predicts it._\n")
-        runfiles.write_text(tables / "cascade.csv", frame.to_csv())
-    stats = runfiles.read_json(run_dir / "dataset_stats.json")
-    limits = runfiles.read_json(run_dir / "thresholds.json")["limits"]
+        _write_cascade_table(cascade_results, tables)
+    stats = runfiles.read_json(run_dir / runfiles.STATS_FILE)
+    limits = runfiles.read_json(run_dir / runfiles.THRESHOLDS_FILE)["limits"]
     figure_paths = data_figures(stats, limits, figures) + curve_figures(run_dir, backbones, figures)
     figure_paths += sorted(figures.glob("overlay_*.png"))
     results = {
         "config": config,
         "tables": {b: {f"{t}/{m}": v for (t, m), v in all_values[b].items()} for b in backbones},
         "cascade": cascade_results,
-        "wall_time_s": runfiles.read_json(run_dir / "timing.json") if (run_dir / "timing.json").is_file() else None,
+        "wall_time_s": runfiles.read_optional_json(run_dir / runfiles.TIMING_FILE),
     }
     runfiles.write_json(run_dir / "results.json", results)
     lines = [f"# Run report: {run_dir.name}", "", f"Profile `{config['profile']}`, data `{config['data_dir']}`"
              f"{' (synthetic twin)' if synthetic else ''}, image size {sizes_text(config)}, backbones "
              f"{', '.join(backbones)}; {_training_text(config)}.", ""]
-    plan = runfiles.read_json(run_dir / "data_plan.json") if (run_dir / "data_plan.json").is_file() else None
+    plan = runfiles.read_optional_json(run_dir / runfiles.PLAN_FILE)
     if plan and plan_lines(plan):
         lines += ["What this data gave each stage (decided before training):", ""]
         lines += [f"- {line}" for line in plan_lines(plan)] + [""]
@@ -477,10 +476,10 @@ def build_report(run_dir: str | Path) -> dict:
     lines += [(tables / "table7.md").read_text(), ""]
     if cascade_results:
         lines += [(tables / "cascade.md").read_text(), ""]
-    chosen = runfiles.read_json(run_dir / "cascade.json") if (run_dir / "cascade.json").is_file() else {}
+    chosen = runfiles.read_optional_json(run_dir / runfiles.CASCADE_FILE) or {}
     if chosen.get("validation"):
         lines += [validation_line(chosen["validation"]), ""]
     lines += ["[Comparison with the paper](tables/paper_comparison.md)", "", "## Figures", ""]
     lines += [f"![{p.stem}](figures/{p.name})" for p in figure_paths]
-    runfiles.write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    runfiles.write_text(run_dir / runfiles.REPORT_FILE, "\n".join(lines) + "\n")
     return results

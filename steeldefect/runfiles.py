@@ -1,4 +1,10 @@
-"""The files of a run directory: written atomically, and the mark that says a folder is a steeldefect run.
+"""The files of a run directory: where each one lives, written atomically, and the mark that says a folder is a
+steeldefect run.
+
+The layout (DESIGN.md, "A run directory is the contract") is written down here and nowhere else: the file names,
+the stage folders (``stage_dir``), stage name <-> class id (``segmentation_key``, ``segmentation_stage``) and
+``runs/latest.txt``. This module imports neither TensorFlow nor pandas at import time, so that the report and the
+command lines can read a run without them.
 
 Every file a run writes goes through ``write_text`` / ``write_json``: the content goes to a temporary file in the
 same folder, which is then renamed over the target (``os.replace``, atomic on POSIX and Windows). A kill at any
@@ -9,19 +15,116 @@ breaks the next command. ``run_marker`` / ``is_run_dir`` tell a run directory fr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import secrets
 import shutil
+import socket
 import time
 from pathlib import Path
 
-from . import __version__
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one process per run directory is up to the user
+    fcntl = None
 
-CONFIG_FILE = "config.json"
+from . import __version__
+from .config import BACKBONES, CLASS_IDS, CLASSIFICATION_STAGES, JOINT_STAGE, SEGMENTATION_TASKS
+
 MARK_KEY = "steeldefect"  # config.json's mark: {"version": package version, "created": local time}
-LOCK_FILE = "run.lock"
+
+# ----- the run directory's layout
+
+RUNS_DIR = Path("runs")  # relative to the working directory: where experiments puts runs/<profile>
+LATEST_FILE = "latest.txt"  # in RUNS_DIR: the path of the latest experiments run (the default cascade)
+# The run's own files, at its top level.
+CONFIG_FILE = "config.json"  # the resolved settings, with MARK_KEY
+LOCK_FILE = "run.lock"  # held while a process trains the run
+SPLITS_FILE = "splits.csv"  # ImageId,split: written once, reused on resume
+PLAN_FILE = "data_plan.json"  # what each stage gets on the run's data, decided before training
+STATS_FILE = "dataset_stats.json"
+THRESHOLDS_FILE = "thresholds.json"  # per-class area limits and where they came from
+CASCADE_FILE = "cascade.json"  # written only by Cascade.save
+CASCADE_EVAL_FILE = "cascade_eval.json"  # the cascade's evaluation on the test split
+TIMING_FILE = "timing.json"  # the run's wall time (at the top) or a stage's ({"seconds", "attempts"})
+REPORT_FILE = "report.md"
+# A stage's files, in its folder (stage_dir).
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"  # its presence marks the stage done
+
+SEGMENTATION_FOLDER = "segmentation"  # the UNets' stages live in <backbone>/segmentation/<stage>/
+# JOINT_STAGE (config): one 4-channel UNet; its key in a cascade's segmentation models is 0.
+SEGMENTATION_STAGES: tuple[str, ...] = (*SEGMENTATION_TASKS, JOINT_STAGE)
+ALL_STAGES: tuple[str, ...] = (*CLASSIFICATION_STAGES, *SEGMENTATION_STAGES)
+
+
+def check_stage(stage: str) -> str:
+    if stage not in ALL_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(ALL_STAGES)}")
+    return stage
+
+
+def stage_dir(run_dir: str | Path, backbone: str, stage: str) -> Path:
+    """``run_dir/<backbone>/<stage>`` for the classifiers, ``run_dir/<backbone>/segmentation/<stage>`` else."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    parent = Path(run_dir) / backbone
+    return parent / stage if check_stage(stage) in CLASSIFICATION_STAGES else parent / SEGMENTATION_FOLDER / stage
+
+
+def segmentation_key(stage: str) -> int:
+    """A segmentation stage's key in a cascade's models: its class id, 0 for the joint UNet.
+
+    Example:
+        >>> segmentation_key("class3"), segmentation_key("joint")
+        (3, 0)
+    """
+    if check_stage(stage) in CLASSIFICATION_STAGES:
+        raise ValueError(f"{stage!r} is a classifier's stage, not a segmentation stage")
+    return 0 if stage == JOINT_STAGE else int(stage.removeprefix("class"))
+
+
+def segmentation_stage(key: int) -> str:
+    """The inverse of ``segmentation_key``: ``joint`` for 0, ``class<k>`` for class k."""
+    if key == 0:
+        return JOINT_STAGE
+    if key not in CLASS_IDS:
+        raise ValueError(f"a segmentation key is 0 (joint) or a class id {CLASS_IDS}, got {key!r}")
+    return f"class{key}"
+
+
+def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
+    """Whether a stage is done: its ``metrics.json`` exists (a rerun skips it)."""
+    return (stage_dir(run_dir, backbone, stage) / METRICS_FILE).is_file()
+
+
+def stage_metrics(run_dir: str | Path, backbone: str, stage: str) -> dict | None:
+    """A stage's ``metrics.json``, or None when the stage has none yet."""
+    path = stage_dir(run_dir, backbone, stage) / METRICS_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def record_latest(run_dir: str | Path) -> Path:
+    """Make ``run_dir`` the default cascade: its absolute path goes into ``runs/latest.txt``."""
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    return write_text(RUNS_DIR / LATEST_FILE, str(Path(run_dir).resolve()) + "\n")
+
+
+def latest_run() -> Path | None:
+    """The run ``runs/latest.txt`` names (``record_latest``), or None when there is none."""
+    latest = RUNS_DIR / LATEST_FILE
+    return Path(latest.read_text().strip()) if latest.is_file() else None
+
+
+def read_optional_json(path: str | Path) -> dict | None:
+    """``read_json`` of a run file that may not exist yet (None then)."""
+    path = Path(path)
+    return read_json(path) if path.is_file() else None
+
+
+# ----- atomic writes, and reading run files with errors that name them
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -156,3 +259,36 @@ def empty_run_dir(path: str | Path, keep: tuple[str, ...] = (LOCK_FILE,)) -> Non
 def listing(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown}{', ...' if len(names) > limit else ''})"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/run.lock`` (an advisory ``flock``, freed by the system when the process ends) while a run
+    trains: a second process on the same run directory would train the same stages into the same files. A run
+    directory this call created and that is still empty at the end is removed (a rejected command leaves none)."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    try:
+        if fcntl is None:
+            yield
+            return
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise SystemExit(f"error: {run_dir} is in use by {holder}; wait for it to end or stop it (one process "
+                                 "per run directory; --run-dir starts another run)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+    finally:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()

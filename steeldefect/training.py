@@ -44,13 +44,7 @@ from .config import (
 
 log = logging.getLogger(__name__)
 
-SEGMENTATION_STAGES = (*(f"class{c}" for c in CLASS_IDS), "joint")
-ALL_STAGES = (*CLASSIFICATION_STAGES, *SEGMENTATION_STAGES)
-STRATEGIES = distribute.STRATEGIES
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
-TIMING_FILE = "timing.json"  # {"seconds": wall time over every attempt, "attempts": n}
 LOSS_FILE = "loss.json"  # a weighted multi-label loss: {"loss", "pos_weight": per class}; absent for the paper's
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
@@ -59,29 +53,12 @@ BACKUP_WEIGHTS = "latest.weights.h5"  # and the weights it restores from
 NOT_TRAINABLE = "not_trainable"  # metrics.json key of a stage without training images: why
 ENCODER_FILE = "encoder.weights.h5"  # stage 1's encoder, exported beside it for encoder_weights=STAGE1_ENCODER
 
-def check_stage(stage: str) -> str:
-    if stage not in ALL_STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(ALL_STAGES)}")
-    return stage
-
-
-def stage_dir(run_dir: str | Path, backbone: str, stage: str) -> Path:
-    """``run_dir/<backbone>/<stage>`` for the classifiers, ``run_dir/<backbone>/segmentation/<stage>`` else."""
-    parent = Path(run_dir) / models.check_backbone(backbone)
-    check_stage(stage)
-    return parent / stage if stage in CLASSIFICATION_STAGES else parent / "segmentation" / stage
-
 
 def stage_task(stage: str) -> tuple[str, int | None]:
-    """``(loader task, class_id)`` of a stage."""
-    check_stage(stage)
-    if stage in CLASSIFICATION_STAGES:
+    """``(loader task, class_id)`` of a stage (class_id None: every class, the joint UNet's)."""
+    if runfiles.check_stage(stage) in CLASSIFICATION_STAGES:
         return stage, None
-    return "segmentation", None if stage == "joint" else int(stage.removeprefix("class"))
-
-
-def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
-    return (stage_dir(run_dir, backbone, stage) / METRICS_FILE).is_file()
+    return "segmentation", runfiles.segmentation_key(stage) or None
 
 
 def stage_counts(table: pd.DataFrame, stage: str) -> dict[str, int]:
@@ -93,22 +70,22 @@ def stage_counts(table: pd.DataFrame, stage: str) -> dict[str, int]:
 def record_not_trainable(run_dir: str | Path, backbone: str, stage: str, reason: str) -> dict:
     """Mark a stage that has no training image as done without a model: its ``metrics.json`` says why, its
     Table cells stay blank and the cascade leaves it out (it never predicts that stage's classes)."""
-    directory = stage_dir(run_dir, backbone, stage)
+    directory = runfiles.stage_dir(run_dir, backbone, stage)
     directory.mkdir(parents=True, exist_ok=True)
     result = {"stage": stage, NOT_TRAINABLE: reason, **dict.fromkeys(SPLITS)}
-    _write_json(directory / METRICS_FILE, result)
+    _write_json(directory / runfiles.METRICS_FILE, result)
     return result
 
 
 def is_trained(run_dir: str | Path, backbone: str, stage: str) -> bool:
     """Whether a stage has a trained model (done, and not recorded as not trainable)."""
-    return (stage_dir(run_dir, backbone, stage) / models.SPEC_FILE).is_file()
+    return (runfiles.stage_dir(run_dir, backbone, stage) / models.SPEC_FILE).is_file()
 
 
 def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | None:
     """Wall time spent training and evaluating a stage, summed over its attempts (``StageClock``); None when not
     recorded (a stage trained by a version of this package that did not time stages)."""
-    path = stage_dir(run_dir, backbone, stage) / TIMING_FILE
+    path = runfiles.stage_dir(run_dir, backbone, stage) / runfiles.TIMING_FILE
     return float(runfiles.read_json(path)["seconds"]) if path.is_file() else None
 
 
@@ -122,7 +99,7 @@ class StageClock:
     """
 
     def __init__(self, directory: Path):
-        self.path = directory / TIMING_FILE
+        self.path = directory / runfiles.TIMING_FILE
         before = runfiles.read_json(self.path) if self.path.is_file() else {"seconds": 0.0, "attempts": 0}
         self.before = float(before["seconds"])
         self.attempt = int(before["attempts"]) + 1
@@ -151,7 +128,7 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
 # What a worker that is not the chief copies from the chief's stage folder before it trains the stage: the state
 # that decides what its training does (resume after which epoch, from which weights, the best value so far), so
 # that both run the same steps. Nothing else of the chief's is read, nothing of the chief's written.
-_WORKER_COPIES = (models.SPEC_FILE, models.WEIGHTS_FILE, HISTORY_FILE, BEST_WEIGHTS, BACKUP_DIR)
+_WORKER_COPIES = (models.SPEC_FILE, models.WEIGHTS_FILE, runfiles.HISTORY_FILE, BEST_WEIGHTS, BACKUP_DIR)
 
 
 def mirror_chief_stage(run_dir: str | Path, scratch: str | Path, backbone: str, stage: str) -> None:
@@ -162,7 +139,7 @@ def mirror_chief_stage(run_dir: str | Path, scratch: str | Path, backbone: str, 
     encoder). Safe while the chief runs: the chief changes these files only at the end of an epoch of this stage,
     which cannot come before this worker has joined its training.
     """
-    source, target = stage_dir(run_dir, backbone, stage), stage_dir(scratch, backbone, stage)
+    source, target = runfiles.stage_dir(run_dir, backbone, stage), runfiles.stage_dir(scratch, backbone, stage)
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     for name in _WORKER_COPIES:
@@ -170,8 +147,9 @@ def mirror_chief_stage(run_dir: str | Path, scratch: str | Path, backbone: str, 
             shutil.copytree(source / name, target / name)
         elif (source / name).is_file():
             shutil.copy2(source / name, target / name)
-    if stage != "binary" and not is_trained(scratch, backbone, "binary") and is_done(run_dir, backbone, "binary"):
-        binary, copy = stage_dir(run_dir, backbone, "binary"), stage_dir(scratch, backbone, "binary")
+    if stage != "binary" and not is_trained(scratch, backbone, "binary") \
+            and runfiles.is_done(run_dir, backbone, "binary"):
+        binary, copy = runfiles.stage_dir(run_dir, backbone, "binary"), runfiles.stage_dir(scratch, backbone, "binary")
         copy.mkdir(parents=True, exist_ok=True)
         for name in (models.SPEC_FILE, models.WEIGHTS_FILE):
             shutil.copy2(binary / name, copy / name)
@@ -270,7 +248,7 @@ def reducible_logs(model: keras.Model) -> None:
 
 def stage1_encoder(run_dir: str | Path, backbone: str) -> Path:
     """The encoder weights of ``backbone``'s trained binary classifier in ``run_dir`` (exported on first use)."""
-    directory = stage_dir(run_dir, backbone, "binary")
+    directory = runfiles.stage_dir(run_dir, backbone, "binary")
     path = directory / ENCODER_FILE
     if not path.is_file():
         if not (directory / models.SPEC_FILE).is_file():
@@ -292,7 +270,7 @@ def initial_encoder_weights(run_dir: str | Path, backbone: str, stage: str, conf
 
 def _binary_from_scratch(stage: str, config: TrainConfig) -> TrainConfig:
     """``encoder_weights="stage1"`` means random weights for the binary stage itself (it is stage 1)."""
-    if config.encoder_weights == STAGE1_ENCODER and check_stage(stage) == "binary":
+    if config.encoder_weights == STAGE1_ENCODER and runfiles.check_stage(stage) == "binary":
         return dataclasses.replace(config, encoder_weights=None)
     return config
 
@@ -360,40 +338,6 @@ class HistoryRecorder(keras.callbacks.Callback):
         runfiles.write_text(self.path, text.getvalue())
 
 
-def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 25) -> int:
-    """Re-estimate every BatchNormalization layer's moving statistics on ``dataset`` (precise BN).
-
-    Short runs from random initialisation leave the moving averages far behind the weights, so inference sits
-    at chance while training accuracy climbs (DESIGN.md, "Known facts"). Averaging the batch statistics of a few
-    forward passes in training mode with the final weights fixes that; no weight is trained. Returns the number
-    of batches used.
-    """
-    layers = [layer for layer in models.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers:
-        return 0
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0  # each training-mode call then stores exactly this batch's statistics
-    forward = models.forward_fn(model, training=True)
-    sums = [[np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)] for layer in layers]
-    batches = 0
-    try:
-        for images, _ in dataset.take(max_batches):
-            forward(tf.cast(images, tf.uint8))
-            for total, layer in zip(sums, layers, strict=True):
-                total[0] += keras.ops.convert_to_numpy(layer.moving_mean)
-                total[1] += keras.ops.convert_to_numpy(layer.moving_variance)
-            batches += 1
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-    for (mean, variance), layer in zip(sums, layers, strict=True):
-        if batches:
-            layer.moving_mean.assign(mean / batches)
-            layer.moving_variance.assign(variance / batches)
-    return batches
-
-
 class RecalibrateBatchNorm(keras.callbacks.Callback):
     """Precise BN before every validation pass, so val_loss (early stopping, best checkpoint) measures the
     model as it will be used."""
@@ -403,7 +347,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         self.dataset, self.max_batches = dataset, max_batches
 
     def on_test_begin(self, logs=None):
-        recalibrate_batchnorm(self.model, self.dataset, self.max_batches)
+        models.recalibrate_batchnorm(self.model, self.dataset, self.max_batches)
 
 
 def _restored_epoch(backup_dir: Path) -> int:
@@ -483,8 +427,8 @@ def train_stage(
 
     Reproduces one training process of the paper's Section 3 (one cell of Tables 2-6).
     """
-    directory = stage_dir(run_dir, backbone, stage)
-    metrics_path = directory / METRICS_FILE
+    directory = runfiles.stage_dir(run_dir, backbone, stage)
+    metrics_path = directory / runfiles.METRICS_FILE
     if metrics_path.is_file():
         log.info("%s/%s is done (%s exists): skipped", backbone, stage, metrics_path)
         return runfiles.read_json(metrics_path)
@@ -495,8 +439,8 @@ def train_stage(
     with StageClock(directory) as clock:
         model = None
         if not (directory / models.SPEC_FILE).is_file():
-            model = _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config), table,
-                         images_dir, [clock.callback(), *callbacks], verbose)
+            model = _fit(directory, backbone, stage, initial_encoder_weights(run_dir, backbone, stage, config),
+                         table=table, images_dir=images_dir, callbacks=[clock.callback(), *callbacks], verbose=verbose)
             if stage == "binary" and config.encoder_weights == STAGE1_ENCODER:
                 models.save_encoder_weights(model, directory / ENCODER_FILE)  # the later stages start from it
         if not evaluate:
@@ -525,9 +469,11 @@ def stage_pos_weight(stage: str, config: TrainConfig, table: pd.DataFrame) -> np
     return np.maximum(weights, 1.0) if choice == "rare" else weights
 
 
-def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbose) -> keras.Model:
+def _fit(directory: Path, backbone: str, stage: str, config: TrainConfig, *, table: pd.DataFrame, images_dir: Path,
+         callbacks: list, verbose: int | str) -> keras.Model:
+    """Train the stage's model in ``directory`` (resuming from its backup) and save the best epoch."""
     keras.utils.set_random_seed(config.seed)
-    history_path = directory / HISTORY_FILE
+    history_path = directory / runfiles.HISTORY_FILE
     backup_dir = directory / BACKUP_DIR
     check_resume_files(directory)
     restored = _restored_epoch(backup_dir)
@@ -560,35 +506,42 @@ def _fit(directory, backbone, stage, config, table, images_dir, callbacks, verbo
             reducible_logs(model)
     best_path = directory / BEST_WEIGHTS
     best_so_far = min((r[monitor] for r in rows if monitor in r), default=None)
-    # With one epoch its end is the stage's end: a backup (to resume in a later epoch) and a best-epoch checkpoint
-    # (the only epoch is the best) would be written and deleted moments later, two saves of the whole model per
-    # stage (seconds each for an EfficientNet; a third of the smoke profile's saving and loading).
-    several = config.epochs > 1
-    stage_callbacks = [
-        *([keras.callbacks.BackupAndRestore(str(backup_dir))] if several else []),
-        HistoryRecorder(history_path, rows),
-        *([keras.callbacks.ModelCheckpoint(
-            str(best_path), monitor=monitor, save_best_only=True, save_weights_only=True,
-            initial_value_threshold=best_so_far,
-        )] if several else []),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=config.reduce_lr_patience),
-        *callbacks,
-    ]
-    if config.bn_recalibration_batches:
-        stage_callbacks.insert(0, RecalibrateBatchNorm(calibration, config.bn_recalibration_batches))
-    if config.tensorboard:
-        stage_callbacks.append(keras.callbacks.TensorBoard(str(directory / "tensorboard")))
+    stage_callbacks = _stage_callbacks(directory, config, monitor, best_so_far, rows, calibration) + list(callbacks)
     model.fit(train, validation_data=val, epochs=config.epochs, callbacks=stage_callbacks, verbose=verbose,
               shuffle=False)  # tf.data shuffles
     if best_path.is_file():
         model.load_weights(best_path)
     if val is None and config.bn_recalibration_batches:  # no validation pass ran it
-        recalibrate_batchnorm(model, calibration, config.bn_recalibration_batches)
+        models.recalibrate_batchnorm(model, calibration, config.bn_recalibration_batches)
     models.save_model(model, directory, models.spec_of(model))  # the spec build_stage_model built it from
     best_path.unlink(missing_ok=True)
     shutil.rmtree(backup_dir, ignore_errors=True)
     return model
+
+
+def _stage_callbacks(directory: Path, config: TrainConfig, monitor: str, best_so_far: float | None, rows: list[dict],
+                     calibration: tf.data.Dataset) -> list[keras.callbacks.Callback]:
+    """A stage's callbacks: precise BN, backup (resume), history.csv, best-epoch checkpoint, early stopping, the
+    learning-rate schedule, TensorBoard."""
+    # With one epoch its end is the stage's end: a backup (to resume in a later epoch) and a best-epoch checkpoint
+    # (the only epoch is the best) would be written and deleted moments later, two saves of the whole model per
+    # stage (seconds each for an EfficientNet; a third of the smoke profile's saving and loading).
+    several = config.epochs > 1
+    found = [
+        *([keras.callbacks.BackupAndRestore(str(directory / BACKUP_DIR))] if several else []),
+        HistoryRecorder(directory / runfiles.HISTORY_FILE, rows),
+        *([keras.callbacks.ModelCheckpoint(
+            str(directory / BEST_WEIGHTS), monitor=monitor, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        )] if several else []),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=config.reduce_lr_patience),
+    ]
+    if config.bn_recalibration_batches:
+        found.insert(0, RecalibrateBatchNorm(calibration, config.bn_recalibration_batches))
+    if config.tensorboard:
+        found.append(keras.callbacks.TensorBoard(str(directory / "tensorboard")))
+    return found
 
 
 def _classification_arrays(model, rows, images_dir, stage, config) -> tuple[np.ndarray, np.ndarray]:
@@ -669,21 +622,16 @@ def evaluate_stage(
 def predict_masks(run_dir: str | Path, backbone: str, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Mask probabilities ``(N, h, w, 4)`` from a backbone's trained UNets in ``run_dir`` (the joint one, or the
     per-class ones; a class without a model stays 0) for uint8 images ``(N, h, w, 3)`` at the models' size."""
-    base = Path(run_dir) / backbone / "segmentation"
-    joint = base / "joint"
-    if (joint / models.SPEC_FILE).is_file():
+    if is_trained(run_dir, backbone, runfiles.JOINT_STAGE):
+        joint = runfiles.stage_dir(run_dir, backbone, runfiles.JOINT_STAGE)
         return models.predict(models.load_model(joint), images, batch_size)
-    found = [c for c in CLASS_IDS if (base / f"class{c}" / models.SPEC_FILE).is_file()]
+    found = [c for c in CLASS_IDS if is_trained(run_dir, backbone, runfiles.segmentation_stage(c))]
     if not found:
+        base = runfiles.stage_dir(run_dir, backbone, runfiles.JOINT_STAGE).parent
         raise FileNotFoundError(f"{base}: no trained UNet (expected joint/ or class1/ ... class4/ with "
                                 f"{models.SPEC_FILE})")
     masks = np.zeros((len(images), *images.shape[1:3], len(CLASS_IDS)), np.float32)
     for class_id in found:
-        masks[..., class_id - 1] = models.predict(models.load_model(base / f"class{class_id}"), images,
-                                                  batch_size)[..., 0]
+        directory = runfiles.stage_dir(run_dir, backbone, runfiles.segmentation_stage(class_id))
+        masks[..., class_id - 1] = models.predict(models.load_model(directory), images, batch_size)[..., 0]
     return masks
-
-
-def config_dict(config: TrainConfig) -> dict:
-    """A ``TrainConfig`` as JSON-ready data."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}

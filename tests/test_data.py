@@ -272,6 +272,22 @@ def test_check_images_names_each_bad_file(tmp_path):
     assert bad["gone.jpg"].startswith("not a readable image (FileNotFoundError")
 
 
+def test_a_folder_is_usable_only_when_every_image_is(tmp_path):
+    import cv2
+
+    root = make_layout(tmp_path / "steel", HEADER_2020 + "a.jpg,1,1 3\n", ["a.jpg", "b.jpg", "c.jpg"])
+    steel = np.full((256, 1600, 3), 90, np.uint8)
+    cv2.imwrite(str(root / "train_images" / "a.jpg"), steel)
+    cv2.imwrite(str(root / "train_images" / "b.jpg"), steel[:128])  # c.jpg stays an empty file
+    with pytest.raises(data.BadImagesError, match=r"^2 of 3 images in .*train_images cannot be used \(b.jpg: 1600x128 "
+                                                  r"pixels, expected 1600x256 .*; c.jpg: not a readable image") as caught:
+        data.load_usable(root)
+    assert list(caught.value.bad) == ["b.jpg", "c.jpg"] and caught.value.n_images == 3
+    assert isinstance(caught.value, data.DataError)
+    table, bad = data.load_usable(root, skip_bad_images=True)
+    assert table["ImageId"].tolist() == ["a.jpg"] and list(table.index) == [0] and list(bad) == ["b.jpg", "c.jpg"]
+
+
 def test_the_real_sample_reads_and_pivots(real_dir):
     rows = data.read_annotations(real_dir / "train.csv")
     assert len(rows) == 42 and rows["ClassId"].value_counts().sort_index().tolist() == [2, 1, 21, 18]

@@ -236,15 +236,13 @@ def test_a_worker_that_is_not_the_chief_leaves_report_only_to_the_chief(tmp_path
 
 
 def test_a_worker_refuses_a_run_of_other_settings_as_the_chief_does(tmp_path):
-    from argparse import Namespace
-
-    from steeldefect import experiments, runfiles
+    from steeldefect import runfiles, runplan
 
     settings = {"seed": 0, "epochs": 2}
     runfiles.write_json(tmp_path / runfiles.CONFIG_FILE, {**settings, "seed": 1})
     with pytest.raises(SystemExit, match=r"other settings \(seed: 1 there, 0 now\)\. .* \(the chief refuses to resume "
                                          r"it, and so does this worker\)"):
-        experiments._worker_config(Namespace(fresh=False), tmp_path, settings)
-    assert experiments._worker_config(Namespace(fresh=True), tmp_path, settings) == settings  # the chief empties it
+        runplan.worker_config(tmp_path, settings, fresh=False)
+    assert runplan.worker_config(tmp_path, settings, fresh=True) == settings  # the chief empties it
     runfiles.write_json(tmp_path / runfiles.CONFIG_FILE, settings)
-    assert experiments._worker_config(Namespace(fresh=False), tmp_path, settings) == settings
+    assert runplan.worker_config(tmp_path, settings, fresh=False) == settings

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from steeldefect import experiments, report, runfiles
-from steeldefect.config import PROFILES, TABLE_ROWS
+from steeldefect.config import TABLE_ROWS
 
 from .conftest import SMOKE_BACKBONES, run_smoke
 from .test_data import HEADER_2020, make_layout
@@ -29,83 +29,6 @@ def test_help_and_bad_data_dir(tmp_path, capsys):
     assert "expected the Kaggle layout" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="the paper profile runs on the Kaggle data: pass --data-dir"):
         experiments.main(["--profile", "paper", "--run-dir", str(tmp_path / "run")])
-
-
-def test_eta_scales_the_timed_stages_by_kind_and_work():
-    assert experiments.estimate_remaining([], [("unet", 10.0)]) is None
-    finished = [("classifier", 100.0, 50.0), ("classifier", 300.0, 250.0), ("unet", 200.0, 400.0)]
-    # classifiers: 300 s / 400 units; UNets: 2 s per unit
-    assert experiments.estimate_remaining(finished, [("classifier", 40.0), ("unet", 5.0)]) == pytest.approx(40.0)
-    # no UNet timed yet: the rate of everything timed (300 s / 400 units)
-    assert experiments.estimate_remaining(finished[:2], [("unet", 8.0)]) == pytest.approx(6.0)
-    # a bigger backbone is slower per image: B4's classifier step costs 67/19 of B0's (config.STEP_COST_MS)
-    assert experiments._kind("multilabel") == "classifier" and experiments._kind("class3") == "unet"
-    assert experiments._work("efficientnetb4", "classifier", 10, 2) / experiments._work("efficientnetb0", "classifier", 10, 2) \
-        == pytest.approx(67 / 19)
-    assert experiments._work("efficientnetb0", "unet", 1, 1) == 61
-
-
-def test_bn_momentum_follows_where_stage_1_starts():
-    from steeldefect.config import starts_from_scratch
-
-    assert starts_from_scratch(None) and starts_from_scratch("stage1") and not starts_from_scratch("imagenet")
-    for weights, momentum in (("none", 0.9), ("stage1", 0.9), ("imagenet", None), ("/w/enc.weights.h5", None)):
-        args = experiments._parser().parse_args(["--encoder-weights", weights])
-        settings = experiments._settings(args, PROFILES["quick"])
-        for stage in ("binary", "multilabel", "joint"):
-            assert experiments._train_config(settings, stage).bn_momentum == momentum, (weights, stage)
-
-
-def test_multilabel_pos_weight_flag_reaches_the_multilabel_config():
-    for flag, expected in (([], None), (["--multilabel-pos-weight", "none"], None),
-                           (["--multilabel-pos-weight", "balanced"], "balanced"),
-                           (["--multilabel-pos-weight", "rare"], "rare")):
-        settings = experiments._settings(experiments._parser().parse_args(flag), PROFILES["quick"])
-        assert settings["multilabel_pos_weight"] == expected
-        assert experiments._train_config(settings, "multilabel").multilabel_pos_weight == expected
-    # a run written before the option existed has no such key: it resumes as the paper's loss
-    assert experiments._train_config({k: v for k, v in settings.items() if k != "multilabel_pos_weight"},
-                                     "multilabel").multilabel_pos_weight is None
-
-
-def test_wall_time_lines_name_what_was_not_timed():
-    timing = {"total_s": 1800.0, "final_s": 60.0, "stages_s": {"efficientnetb0/binary": 600.0,
-                                                               "efficientnetb0/joint": None}}
-    lines = report._wall_time_lines(timing)
-    assert lines[0].startswith("Wall time: 30.0 min, without 1 of the 2 stages, whose time was not recorded")
-    table = "\n".join(lines)
-    assert "| efficientnetb0 |     10.0 |         |" in table
-    assert "the last process only" in report._wall_time_lines({"total_s": 60.0})[0]  # a timing.json without stage times
-    assert report.untimed_note(timing["stages_s"]) == ", without 1 of the 2 stages, whose time was not recorded"
-    assert report.untimed_note({"efficientnetb0/binary": 600.0}) == ""  # the console's "done in" line adds nothing
-
-
-def test_cascade_table_counts_and_the_all_empty_reference():
-    def variant(dice, presence):
-        return {"kaggle_mean_dice": dice, "per_class_dice": {"class1": dice, "class2": dice},
-                "presence": {c: dict(zip(("tp", "fp", "fn", "tn"), counts, strict=True))
-                             for c, counts in zip(("class1", "class2"), presence, strict=True)}}
-    results = {"split": "test", "n_images": 10, "image_size": [64, 320],
-               "variants": {"paper cascade": variant(0.9, [(0, 0, 2, 8), (3, 1, 1, 5)]),
-                            "no gating": variant(0.7, [(2, 3, 0, 5), (4, 4, 0, 2)])}}
-    frame = report.cascade_table(results)
-    assert list(frame.index) == ["paper cascade", "no gating", report.EMPTY_REFERENCE]
-    assert frame.loc["paper cascade", "tp/fp/fn class1"] == "0/0/2"
-    assert frame.loc["no gating", "tp/fp/fn class2"] == "4/4/0"
-    # empty everywhere: Dice 1 on the 8 images without class 1 and the 6 without class 2, 0 on the rest
-    empty = frame.loc[report.EMPTY_REFERENCE]
-    assert (empty["Dice class1"], empty["Dice class2"]) == (0.8, 0.6)
-    assert empty["Kaggle mean Dice"] == pytest.approx(0.7)
-    assert (empty["tp/fp/fn class1"], empty["tp/fp/fn class2"]) == ("0/0/2", "0/0/4")
-
-
-def test_the_report_says_when_the_paper_rule_is_below_all_empty_on_validation():
-    below = report.validation_line({"paper_rule": 0.79512, "searched": 0.8625, "all_empty": 0.8625})
-    assert below.startswith("On the validation split the cascade's Kaggle mean Dice is 0.7951 by the paper's rule "
-                            "and 0.8625 with the searched thresholds; predicting every mask empty scores 0.8625.")
-    assert "**The paper's rule scores below predicting no defect here**" in below
-    above = report.validation_line({"paper_rule": 0.905, "searched": 0.909, "all_empty": 0.867})
-    assert "0.9050 by the paper's rule" in above and "below" not in above
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -130,15 +53,6 @@ def test_kill_and_ctrl_c_end_a_run_through_its_finally_blocks(tmp_path, signum):
     before = signal.getsignal(signal.SIGTERM)
     experiments.main(["--data-dir", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")])
     assert signal.getsignal(signal.SIGTERM) is before  # main() in this process leaves the handler as it was
-
-
-def test_one_process_per_run_directory(tmp_path):
-    run_dir, data_dir = tmp_path / "run", str(_steel_folder(tmp_path / "d", n=3))
-    with experiments.run_lock(run_dir):
-        assert (run_dir / "run.lock").read_text().startswith(f"process {os.getpid()} on ")
-        with pytest.raises(SystemExit, match=rf"{re.escape(str(run_dir))} is in use by process {os.getpid()} on .*; wait for it"):
-            experiments.main(["--data-dir", data_dir, "--run-dir", str(run_dir)])
-    assert not run_dir.exists()  # the lock made the folder and, as it stayed empty, took it away again
 
 
 def _user_folder(root):
@@ -356,31 +270,6 @@ def test_smoke_profile_end_to_end_with_resume(smoke_run):
     assert json.loads((run_dir / "timing.json").read_text())["stages_trained"] == 0
 
 
-def test_the_data_plan_is_decided_before_training():
-    table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(6)],
-                          "Defect_1": ["", "", "1 5", "", "", ""], "Defect_2": [""] * 6,
-                          "Defect_3": ["1 5", "1 5", "", "", "1 5", ""], "Defect_4": [""] * 6,
-                          "split": ["train", "train", "val", "test", "test", "train"]})
-    table["has_defect"] = (table[["Defect_1", "Defect_2", "Defect_3", "Defect_4"]] != "").any(axis=1)
-    plan = experiments.data_plan(table, ["binary", "multilabel", "class1", "class3"],
-                                 bad_images={"9.jpg": "a JPEG that does not decode (corrupt or truncated)"})
-    assert plan["stages"]["binary"] == {"train": 3, "val": 1, "test": 2, "not_trainable": None}
-    assert plan["stages"]["class1"] == {"train": 0, "val": 1, "test": 0,
-                                        "not_trainable": "no training image for stage class1 (train 0, val 1, test 0)"}
-    assert plan["stages"]["class3"]["val"] == 0
-    assert plan["never_predicted"] == {"1": "no training image of class 1 (1 in the whole data)",
-                                       "2": "no training image of class 2 (0 in the whole data)",
-                                       "4": "no training image of class 4 (0 in the whole data)"}
-    assert report.plan_lines(plan) == [
-        "9.jpg left out: a JPEG that does not decode (corrupt or truncated)",
-        "stage class1 is not trainable: no training image for stage class1 (train 0, val 1, test 0)",
-        "stage class3 trains without validation: no validation image (train 2, val 0, test 1)",
-        "class 1 is never predicted: no training image of class 1 (1 in the whole data)",
-        "class 2 is never predicted: no training image of class 2 (0 in the whole data)",
-        "class 4 is never predicted: no training image of class 4 (0 in the whole data)",
-    ]
-
-
 def _steel_folder(root, n=12):
     import cv2
 
@@ -444,76 +333,6 @@ def test_the_smoke_profile_runs_on_the_real_sample_to_its_tables(real_dir, tmp_p
     assert predicted.stdout.strip() == "(256, 1600, 4) bool [1, 2, 3, 4] True"
 
 
-def test_the_paper_profile_trains_each_stage_as_the_source_did():
-    settings = experiments._settings(experiments._parser().parse_args(["--profile", "paper"]), PROFILES["paper"])
-    binary, multilabel = experiments._train_config(settings, "binary"), experiments._train_config(settings, "multilabel")
-    unet = experiments._train_config(settings, "class3")
-    assert (binary.image_size, binary.batch_size, binary.eval_batch_size) == ((256, 512), 8, 16)
-    assert (multilabel.image_size, multilabel.batch_size) == ((256, 512), 8)
-    assert (unet.image_size, unet.batch_size, unet.segmentation_loss) == ((256, 800), 4, "sm_dice")
-    assert binary.augmentation == unet.augmentation == "source" and binary.encoder_weights == "imagenet"
-    assert PROFILES["paper"].stages() == ("binary", "multilabel", "class1", "class2", "class3", "class4")
-    # --image-size and --batch-size set every stage's
-    args = experiments._parser().parse_args(["--profile", "paper", "--image-size", "128", "416", "--batch-size", "2"])
-    small = experiments._settings(args, PROFILES["paper"])
-    assert {(c.image_size, c.batch_size) for c in (experiments._train_config(small, s) for s in ("binary", "class1"))} \
-        == {((128, 416), 2)}
-    # the other profiles keep one size and one batch, and our augmentation
-    quick = experiments._settings(experiments._parser().parse_args([]), PROFILES["quick"])
-    assert experiments._train_config(quick, "binary").image_size == experiments._train_config(quick, "joint").image_size
-    assert experiments._train_config(quick, "joint").augmentation == "ours"
-    # a run written before per-stage sizes resumes with its one size
-    old = {k: v for k, v in quick.items() if k not in ("classifier_image_size", "segmentation_batch_size", "augmentation")}
-    assert experiments._train_config(old, "binary").image_size == (64, 320)
-
-
-def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_keeps_its_old_meaning():
-    quick = experiments._settings(experiments._parser().parse_args([]), PROFILES["quick"])
-    settings = {**quick, "train_configs": experiments._train_configs(quick)}
-    # config.json of a run made before run_eagerly and freeze_encoder existed: no such keys, nor such fields in its
-    # TrainConfigs
-    later = ("run_eagerly", "freeze_encoder")
-    saved = {k: v for k, v in settings.items() if k not in later}
-    saved["train_configs"] = {stage: {k: v for k, v in c.items() if k not in later}
-                              for stage, c in settings["train_configs"].items()}
-    assert experiments.differing_settings(saved, settings) == []
-    frozen = experiments._settings(experiments._parser().parse_args(["--freeze-encoder", "multilabel"]),
-                                   PROFILES["quick"])
-    frozen = {**frozen, "train_configs": experiments._train_configs(frozen)}
-    assert experiments.differing_settings(saved, frozen) == ["freeze_encoder", "train_configs"]
-    # the same run resumed with the setting on is another run, and so is any other difference
-    eager = {**settings, "run_eagerly": True,
-             "train_configs": {s: {**c, "run_eagerly": True} for s, c in settings["train_configs"].items()}}
-    assert experiments.differing_settings(saved, eager) == ["run_eagerly", "train_configs"]
-    other = {**settings, "train_configs": {s: {**c, "epochs": 3} for s, c in settings["train_configs"].items()}}
-    assert experiments.differing_settings(saved, other) == ["train_configs"]
-    assert experiments.differing_settings({**saved, "seed": 1}, settings) == ["seed"]
-
-
-def test_the_first_line_says_how_long_the_run_takes_and_how_to_get_a_faster_or_fuller_one():
-    parse = experiments._parser().parse_args
-    line = experiments.first_line(parse([]))
-    assert line.startswith("steeldefect: profile default, 5 backbone(s): about ")
-    for other in ("--profile smoke (about 5 min", "--profile quick (about 7 h", "--profile paper (GPU work"):
-        assert other in line
-    minutes = lambda text: int(re.search(r"about (\d+) min on a 2-core CPU", text).group(1))  # noqa: E731
-    assert minutes(experiments.first_line(parse(["--backbones", "efficientnetb0"]))) < minutes(line) / 4
-    assert "with the profile's own settings (--epochs, --twin-images change it)" in experiments.first_line(
-        parse(["--epochs", "5", "--twin-images", "100"]))
-    assert experiments.first_line(parse(["--profile", "quick"])).startswith(
-        "steeldefect: profile quick, 5 backbone(s): about 7 h")
-
-
-def test_freeze_encoder_reaches_the_stages_it_names():
-    parse = experiments._parser().parse_args
-    for flags, frozen in (([], {"multilabel"}), (["--freeze-encoder", "all"], {"multilabel", "joint"}),
-                          (["--freeze-encoder", "none"], set())):
-        settings = experiments._settings(parse(flags), PROFILES["default"])
-        assert {s for s in ("binary", "multilabel", "joint")
-                if experiments._train_config(settings, s).freeze_encoder} == frozen, flags
-    assert experiments._settings(parse([]), PROFILES["quick"])["freeze_encoder"] == []
-
-
 DAMAGES = {"truncated": lambda whole: whole[: len(whole) // 3], "empty": lambda whole: b"",
            "garbage": lambda whole: np.random.default_rng(0).bytes(max(len(whole) // 3, 64))}
 
@@ -551,3 +370,12 @@ def test_each_damaged_run_file_is_named_by_the_command_that_reads_it(smoke_run, 
         lines = [line for line in printed.err.splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and name.split("/")[-1] in lines[0] and str(run) in lines[0], (name, printed.err)
         assert "Traceback" not in printed.err + printed.out, (name, damage)
+
+
+def test_one_process_per_run_directory(tmp_path):
+    run_dir, data_dir = tmp_path / "run", str(_steel_folder(tmp_path / "d", n=3))
+    with runfiles.run_lock(run_dir):
+        assert (run_dir / "run.lock").read_text().startswith(f"process {os.getpid()} on ")
+        with pytest.raises(SystemExit, match=rf"{re.escape(str(run_dir))} is in use by process {os.getpid()} on .*; wait for it"):
+            experiments.main(["--data-dir", data_dir, "--run-dir", str(run_dir)])
+    assert not run_dir.exists()  # the lock made the folder and, as it stayed empty, took it away again

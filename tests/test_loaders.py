@@ -32,7 +32,7 @@ def test_element_spec_and_row_selection(twin, task, class_id, target_shape):
     assert tuple(target_spec.shape.as_list()[1:]) == target_shape
     assert target_spec.dtype == (tf.uint8 if task in ("segmentation", "masks") else tf.float32)
     images, targets = _all(ds)
-    assert len(images) == len(loaders.select_rows(table, task, class_id))
+    assert len(images) == len(targets) == len(loaders.select_rows(table, task, class_id))
     expected = {"binary": len(table), "masks": len(table), "multilabel": int(table["has_defect"].sum()),
                 "segmentation": int((table["Defect_3"] != "").sum()) if class_id else int(table["has_defect"].sum())}
     assert len(images) == expected[task]
@@ -180,4 +180,4 @@ def test_training_and_prediction_decode_real_jpegs_identically(real_dir):
     images, _ = _all(loaders.make_dataset(table, real_dir / "train_images", "binary", image_size=(256, 1600),
                                           batch_size=8))
     for x, image_id in zip(images, table["ImageId"], strict=True):
-        assert np.array_equal(x, cascade._read_image(real_dir / "train_images" / image_id)), image_id
+        assert np.array_equal(x, cascade.read_image(real_dir / "train_images" / image_id)), image_id

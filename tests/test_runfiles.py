@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,40 @@ def test_empty_run_dir_refuses_a_folder_that_is_not_a_run(tmp_path):
                              r"will not be deleted"):
         runfiles.empty_run_dir(folder)
     assert sorted(p.name for p in folder.iterdir()) == [".git", "notes.txt"]
+
+
+def test_the_run_layout_has_one_home(tmp_path):
+    assert runfiles.stage_dir(tmp_path, "efficientnetb0", "binary") == tmp_path / "efficientnetb0" / "binary"
+    assert runfiles.stage_dir(tmp_path, "efficientnetb4", "class3") == tmp_path / "efficientnetb4" / "segmentation" / "class3"
+    assert runfiles.stage_dir("r", "efficientnetb1", "joint") == Path("r/efficientnetb1/segmentation/joint")
+    with pytest.raises(ValueError, match="unknown stage 'class5'; valid: binary, multilabel, class1, class2, class3, "
+                                         "class4, joint"):
+        runfiles.stage_dir(tmp_path, "efficientnetb0", "class5")
+    with pytest.raises(ValueError, match="unknown backbone 'efficientnetb7'; valid: efficientnetb0"):
+        runfiles.stage_dir(tmp_path, "efficientnetb7", "binary")
+    assert [runfiles.segmentation_key(s) for s in runfiles.SEGMENTATION_STAGES] == [1, 2, 3, 4, 0]
+    assert [runfiles.segmentation_stage(runfiles.segmentation_key(s)) for s in runfiles.SEGMENTATION_STAGES] \
+        == list(runfiles.SEGMENTATION_STAGES)
+    with pytest.raises(ValueError, match="'multilabel' is a classifier's stage, not a segmentation stage"):
+        runfiles.segmentation_key("multilabel")
+    with pytest.raises(ValueError, match=r"a segmentation key is 0 \(joint\) or a class id \(1, 2, 3, 4\), got 5"):
+        runfiles.segmentation_stage(5)
+
+
+def test_a_stage_is_done_when_its_metrics_exist(tmp_path):
+    assert not runfiles.is_done(tmp_path, "efficientnetb0", "class2")
+    assert runfiles.stage_metrics(tmp_path, "efficientnetb0", "class2") is None
+    folder = runfiles.stage_dir(tmp_path, "efficientnetb0", "class2")
+    folder.mkdir(parents=True)
+    runfiles.write_json(folder / runfiles.METRICS_FILE, {"val": {"dice_coef": 0.5}})
+    assert runfiles.is_done(tmp_path, "efficientnetb0", "class2")
+    assert runfiles.stage_metrics(tmp_path, "efficientnetb0", "class2") == {"val": {"dice_coef": 0.5}}
+    assert runfiles.read_optional_json(tmp_path / "absent.json") is None
+
+
+def test_the_latest_run_is_recorded_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runfiles.latest_run() is None
+    runfiles.record_latest("runs/smoke")
+    assert (tmp_path / "runs" / "latest.txt").read_text() == f"{tmp_path / 'runs' / 'smoke'}\n"
+    assert runfiles.latest_run() == tmp_path / "runs" / "smoke"

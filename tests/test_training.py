@@ -36,12 +36,12 @@ def squares_table(tmp_path, n=24, seed=0):
 
 
 def test_stage_layout_and_errors(tmp_path):
-    assert training.stage_dir(tmp_path, "efficientnetb0", "binary") == tmp_path / "efficientnetb0" / "binary"
-    assert training.stage_dir(tmp_path, "efficientnetb3", "class2") == tmp_path / "efficientnetb3" / "segmentation" / "class2"
+    assert runfiles.stage_dir(tmp_path, "efficientnetb0", "binary") == tmp_path / "efficientnetb0" / "binary"
+    assert runfiles.stage_dir(tmp_path, "efficientnetb3", "class2") == tmp_path / "efficientnetb3" / "segmentation" / "class2"
     assert training.stage_task("class4") == ("segmentation", 4)
     assert training.stage_task("joint") == ("segmentation", None)
     with pytest.raises(ValueError, match="unknown stage 'class5'; valid: binary, multilabel, class1"):
-        training.stage_dir(tmp_path, "efficientnetb0", "class5")
+        runfiles.stage_dir(tmp_path, "efficientnetb0", "class5")
     with pytest.raises(ValueError, match="unknown strategy 'tpu'"):
         training.get_strategy("tpu")
     with pytest.raises(ValueError, match="unknown mixed precision 'fp8'"):
@@ -69,7 +69,7 @@ def test_a_tiny_model_learns_and_precise_bn_fixes_stale_statistics(tmp_path):
     history = model.fit(train.repeat(), steps_per_epoch=20, epochs=4, verbose=0, shuffle=False)
     assert min(history.history["loss"]) < 0.5 * start, (start, history.history["loss"])  # training mode learns
     stale = model.evaluate(plain, verbose=0)[0]
-    assert training.recalibrate_batchnorm(model, plain) == 1
+    assert models.recalibrate_batchnorm(model, plain) == 1
     calibrated = model.evaluate(plain, verbose=0)[0]
     assert calibrated < 0.3 * start and calibrated < 0.5 * stale, (start, stale, calibrated)
     momenta = {x.momentum for x in model._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)}
@@ -116,7 +116,7 @@ def test_resume_continues_at_the_right_epoch_and_finished_stages_are_skipped(tmp
     config = TrainConfig(image_size=SIZE, batch_size=4, epochs=3, early_stopping_patience=10, head="simple",
                          run_eagerly=True)
     run = tmp_path / "run"
-    directory = training.stage_dir(run, "efficientnetb0", "binary")
+    directory = runfiles.stage_dir(run, "efficientnetb0", "binary")
     timing_after_epoch = ReadTiming(directory)
     with pytest.raises(KeyboardInterrupt):
         training.train_stage(run, "efficientnetb0", "binary", config, table=split, images_dir=images_dir,
@@ -197,7 +197,7 @@ def test_stage1_encoder_weights_start_the_later_stages(tmp_path):
                        r"encoder_weights='stage1' the later stages of efficientnetb0 start from"):
         training.initial_encoder_weights(run_dir, "efficientnetb0", "multilabel", config)
     binary = training.build_stage_model("efficientnetb0", "binary", config)  # "stage1": the binary stage is stage 1
-    models.save_model(binary, training.stage_dir(run_dir, "efficientnetb0", "binary"), models.spec_of(binary))
+    models.save_model(binary, runfiles.stage_dir(run_dir, "efficientnetb0", "binary"), models.spec_of(binary))
     reference = binary.get_layer(index=2).get_layer("block6a_expand_conv").get_weights()[0]
     for stage, index in (("multilabel", 2), ("joint", 2)):
         resolved = training.initial_encoder_weights(run_dir, "efficientnetb0", stage, config)
@@ -211,7 +211,7 @@ def test_stage1_encoder_weights_start_the_later_stages(tmp_path):
         training.build_stage_model("efficientnetb0", "multilabel", config)
 
 
-def test_balanced_multilabel_weights_come_from_the_stage_training_images(tmp_path):
+def test_balanced_multilabel_weights_come_from_the_stage_training_images():
     classes = [{1, 3}, {3}, {4}, {2, 3}, {1}, set(), {2}]
     table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(len(classes))],
                           **{f"Defect_{c}": ["1 1" if c in found else "" for found in classes] for c in (1, 2, 3, 4)},
@@ -261,7 +261,7 @@ def test_a_stage_without_training_images_is_recorded_as_not_trainable(tmp_path):
     assert training.stage_counts(table, "class1") == {"train": 0, "val": 1, "test": 0}
     assert training.stage_counts(table, "multilabel") == {"train": 1, "val": 1, "test": 0}
     result = training.record_not_trainable(tmp_path, "efficientnetb0", "class1", "no training image")
-    assert training.is_done(tmp_path, "efficientnetb0", "class1")
+    assert runfiles.is_done(tmp_path, "efficientnetb0", "class1")
     assert not training.is_trained(tmp_path, "efficientnetb0", "class1")
     saved = json.loads((tmp_path / "efficientnetb0" / "segmentation" / "class1" / "metrics.json").read_text())
     assert saved == result == {"stage": "class1", "not_trainable": "no training image", "train": None, "val": None,
@@ -309,7 +309,7 @@ def test_an_eager_stage_is_evaluated_in_memory_as_its_saved_model_would_be(tmp_p
                          encoder_weights=training.STAGE1_ENCODER, bn_recalibration_batches=2)
     result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=table,
                                   images_dir=images_dir, verbose=0)
-    directory = training.stage_dir(tmp_path / "run", "efficientnetb0", "binary")
+    directory = runfiles.stage_dir(tmp_path / "run", "efficientnetb0", "binary")
     assert (directory / training.ENCODER_FILE).is_file()
     assert sorted(saved) == sorted(["tmp-" + models.WEIGHTS_FILE, "tmp-" + training.ENCODER_FILE]), saved  # atomic
     loaded = models.load_model(directory)
@@ -355,7 +355,7 @@ def test_damaged_weights_a_resumed_stage_reads_back_are_named_before_training(tm
             with pytest.raises(runfiles.RunFileError, match=rf"{path.name} is damaged \(.*\): {remedy}"):
                 training.check_resume_files(tmp_path)
         path.write_bytes(whole)
-    history = tmp_path / training.HISTORY_FILE
+    history = tmp_path / runfiles.HISTORY_FILE
     history.write_bytes(b"")
     with pytest.raises(runfiles.RunFileError, match=r"history.csv is damaged .*backup/ folder beside it"):
         training.read_history(history)

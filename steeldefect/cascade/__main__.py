@@ -1,0 +1,7 @@
+"""``python -m steeldefect.cascade``: see ``cli.main``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,275 @@
+"""A run's plan, settled before any training: its settings resolved from the profile and the options, each
+stage's training settings, the stages to train in order (``Job``) with their cost, what the data gives each stage,
+and how long it will take. It imports no TensorFlow (its data functions load the modules that do when called).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+from .config import (
+    BACKBONES,
+    CLASS_IDS,
+    CLASSIFICATION_STAGES,
+    FREEZE_CHOICES,
+    PROFILES,
+    STEP_COST_MS,
+    TrainConfig,
+    starts_from_scratch,
+)
+
+
+class Job(NamedTuple):
+    """One stage of one backbone to train, in the run's order."""
+
+    backbone: str
+    stage: str
+    n_train: int  # the stage's training images
+    train_config: TrainConfig
+    kind: str  # "classifier" or "unet" (stage_kind)
+    work: float  # what the ETA scales by (stage_work)
+
+
+def stage_kind(stage: str) -> str:
+    """The model a stage trains: "classifier" or "unet" (the keys of config.STEP_COST_MS)."""
+    return "classifier" if stage in CLASSIFICATION_STAGES else "unet"
+
+
+def stage_work(backbone: str, kind: str, n_images: int, epochs: int) -> float:
+    """A stage's training work in units that scale with its wall time: images x epochs x the backbone's step cost."""
+    return n_images * epochs * STEP_COST_MS[kind][BACKBONES.index(backbone)]
+
+
+def estimate_remaining(finished: list[tuple[str, float, float]], todo: list[tuple[str, float]]) -> float | None:
+    """Seconds the stages ``todo`` will take, from the stages already timed.
+
+    Args:
+        finished: ``(kind, work, seconds)`` of timed stages (kind "classifier" or "unet"; work from ``stage_work``).
+        todo: ``(kind, work)`` of the stages still to train.
+
+    Returns:
+        For each stage to do, its work times the seconds per unit of work of the finished stages of its kind (of all
+        finished stages when none of its kind is timed yet); None when nothing is timed.
+
+    Example:
+        >>> estimate_remaining([("classifier", 100.0, 50.0)], [("classifier", 300.0), ("unet", 100.0)])
+        200.0
+    """
+    if not finished:
+        return None
+    overall = sum(s for _, _, s in finished) / sum(w for _, w, _ in finished)
+    rates = {}
+    for kind in {k for k, _, _ in finished}:
+        rates[kind] = sum(s for k, _, s in finished if k == kind) / sum(w for k, w, _ in finished if k == kind)
+    return sum(work * rates.get(kind, overall) for kind, work in todo)
+
+
+def resolve_settings(args, profile) -> dict:
+    """The run's settings from the profile and the options (``--image-size`` and ``--batch-size`` set every stage's)."""
+    image_size = tuple(args.image_size) if args.image_size else profile.image_size
+    classifier_size = tuple(args.image_size) if args.image_size else profile.classifier_image_size or image_size
+    batch_size = profile.batch_size if args.batch_size is None else args.batch_size
+    segmentation_batch = args.batch_size if args.batch_size is not None else profile.segmentation_batch_size or batch_size
+    encoder_weights = profile.encoder_weights if args.encoder_weights is None else args.encoder_weights
+    if str(encoder_weights).lower() == "none":
+        encoder_weights = None
+    return {
+        "profile": profile.name,
+        "backbones": list(args.backbones or profile.backbones),
+        "stages": list(profile.stages()),
+        "image_size": list(image_size),
+        "classifier_image_size": list(classifier_size),
+        "classifier_epochs": profile.classifier_epochs if args.epochs is None else args.epochs,
+        "segmentation_epochs": profile.segmentation_epochs if args.epochs is None else args.epochs,
+        "batch_size": batch_size,
+        "segmentation_batch_size": segmentation_batch,
+        "learning_rate": profile.learning_rate,
+        "segmentation_loss": profile.segmentation_loss,
+        "augmentation": profile.augmentation,
+        "run_eagerly": profile.run_eagerly,
+        "freeze_encoder": list(profile.freeze_encoder if args.freeze_encoder is None
+                               else FREEZE_CHOICES[args.freeze_encoder]),
+        "multilabel_pos_weight": None if args.multilabel_pos_weight == "none" else args.multilabel_pos_weight,
+        "head": profile.head,
+        "encoder_weights": None if encoder_weights is None else str(encoder_weights),
+        "seed": args.seed,
+        "strategy": args.strategy,
+        "mixed_precision": args.mixed_precision,
+    }
+
+
+def train_config(settings: dict, stage: str) -> TrainConfig:
+    classifier = stage_kind(stage) == "classifier"
+    epochs = settings["classifier_epochs"] if classifier else settings["segmentation_epochs"]
+    # Runs written before per-stage sizes existed have one size and one batch for every stage.
+    image_size = settings.get("classifier_image_size", settings["image_size"]) if classifier else settings["image_size"]
+    batch_size = settings["batch_size"] if classifier else settings.get("segmentation_batch_size", settings["batch_size"])
+    return TrainConfig(
+        image_size=tuple(image_size), batch_size=batch_size, epochs=epochs,
+        augmentation=settings.get("augmentation", "ours"), run_eagerly=settings.get("run_eagerly", False),
+        freeze_encoder=(stage if classifier else "segmentation") in settings.get("freeze_encoder", []),
+        learning_rate=settings["learning_rate"], encoder_weights=settings["encoder_weights"],
+        bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"],
+        multilabel_pos_weight=settings.get("multilabel_pos_weight"), head=settings["head"],
+        seed=settings["seed"], strategy=settings["strategy"], mixed_precision=settings["mixed_precision"],
+    )
+
+
+def train_configs(settings: dict) -> dict[str, dict]:
+    """Every stage's resolved TrainConfig as JSON-ready data (the same for each backbone), for config.json."""
+    return {stage: train_config(settings, stage).to_json() for stage in settings["stages"]}
+
+
+def data_fingerprint(data_dir: Path, table) -> dict:
+    """What identifies the data a run was trained on: its train.csv's bytes and its images, and for a synthetic twin
+    how it was made (its twin.json: version, size, seed, defect contrast; the same masks can be drawn at another
+    contrast)."""
+    from . import synthetic
+
+    digest = hashlib.sha256((Path(data_dir) / "train.csv").read_bytes()).hexdigest()
+    fingerprint = {"train_csv_sha256": digest, "n_images": len(table)}
+    marker = Path(data_dir) / synthetic.MARKER
+    if marker.is_file():
+        fingerprint["twin"] = json.loads(marker.read_text())
+    return fingerprint
+
+
+def _describe(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Settings added after runs were made with this package, and what their absence in a run's config.json means: a run
+# made before them resumes as long as the new setting has that value.
+LATER_SETTINGS = {"run_eagerly": False, "freeze_encoder": []}
+
+
+def differing_settings(saved: dict, settings: dict) -> list[str]:
+    """The keys of ``settings`` that a run's saved config.json has otherwise. A key (or a TrainConfig field in
+    ``train_configs``) that the run predates counts as equal when it has the value its absence meant (for a field,
+    its TrainConfig default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+    def same(key, old, new):
+        if key not in saved:
+            return key in LATER_SETTINGS and new == LATER_SETTINGS[key]
+        if key == "train_configs" and isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+            return all({**{k: v for k, v in defaults.items() if k not in old[stage] and k in new[stage]},
+                        **old[stage]} == new[stage] for stage in new)
+        return old == new
+
+    return [k for k, v in settings.items() if not same(k, saved.get(k), v)]
+
+
+def refuse_other_settings(run_dir: Path, saved: dict, settings: dict, who: str = "") -> None:
+    """Exit with one message naming each setting in which ``saved`` (a run's config.json) differs from ``settings``
+    (the chief and every worker refuse the same runs, with the same words)."""
+    differing = differing_settings(saved, settings)
+    if differing:
+        changes = "; ".join(f"{k}: {_describe(saved.get(k))} there, {_describe(settings[k])} now" for k in differing)
+        raise SystemExit(
+            f"error: {run_dir} holds a run made with other settings ({changes}). Resume it with the command "
+            f"and data that made it, start it over with --fresh, or choose a new --run-dir{who}"
+        )
+
+
+def _expected_time(name: str) -> str:
+    profile = PROFILES[name]
+    return f"about {profile.measured_minutes:.0f} min" if profile.measured_minutes else profile.minutes_note
+
+
+def first_line(args) -> str:
+    """What the run will take here, said before it starts, and how to get a faster or a fuller one."""
+    profile = PROFILES[args.profile]
+    chosen = args.backbones or profile.backbones
+    changed = [f"--{name.replace('_', '-')}" for name in ("data_dir", "epochs", "image_size", "batch_size",
+                                                          "twin_images", "freeze_encoder")
+               if getattr(args, name, None) is not None]
+    if profile.measured_minutes is None:
+        expected = profile.minutes_note
+    else:
+        share = sum(STEP_COST_MS["classifier"][BACKBONES.index(b)] + STEP_COST_MS["unet"][BACKBONES.index(b)]
+                    for b in chosen) / sum(map(sum, STEP_COST_MS.values()))
+        expected = f"about {profile.measured_minutes * share:.0f} min on a 2-core CPU"
+        if changed:
+            expected += f" with the profile's own settings ({', '.join(changed)} change{'s' if len(changed) == 1 else ''} it)"
+    others = {"smoke": "faster, a pipeline check", "default": "the default", "quick": "fuller, a better detector",
+              "paper": "the paper's protocol on the Kaggle data"}
+    hints = "; ".join(f"--profile {name} ({_expected_time(name)}, {why})" for name, why in others.items()
+                      if name != profile.name)
+    return (f"steeldefect: profile {profile.name}, {len(chosen)} backbone(s): {expected}; the ETA after each stage "
+            f"says more. Other scales: {hints}")
+
+
+def data_plan(table, stages, *, moved=(), bad_images=None) -> dict:
+    """What each stage gets on this data, decided before training: its images per split and, where it has none to
+    train on, why it is not trainable; the classes the cascade will never predict (no training image); the images
+    moved into train (``data.keep_classes_in_train``) and the bad images left out (``--skip-bad-images``)."""
+    from . import data, report, training
+
+    plan = {"stages": {}, "never_predicted": {}, "moved_to_train": list(moved), "bad_images": dict(bad_images or {})}
+    for stage in stages:
+        counts = training.stage_counts(table, stage)
+        plan["stages"][stage] = {**counts, "not_trainable": None if counts["train"] else
+                                 f"no training image for stage {stage} ({report.counts_text(counts)})"}
+    train = table[table["split"] == "train"]
+    labels, all_labels = data.class_labels(train).sum(axis=0), data.class_labels(table).sum(axis=0)
+    for k, class_id in enumerate(CLASS_IDS):
+        if not labels[k]:
+            plan["never_predicted"][str(class_id)] = (f"no training image of class {class_id} "
+                                                     f"({int(all_labels[k])} in the whole data)")
+    return plan
+
+
+def jobs(config: dict, table) -> list[Job]:
+    """Every stage to train, in order (backbones, then stages)."""
+    from . import loaders
+    from .training import stage_task
+
+    found = []
+    for backbone in config["backbones"]:
+        for stage in config["stages"]:
+            task, class_id = stage_task(stage)
+            n_train = len(loaders.select_rows(table[table["split"] == "train"], task, class_id))
+            settings = train_config(config, stage)
+            kind = stage_kind(stage)
+            found.append(Job(backbone, stage, n_train, settings, kind, stage_work(backbone, kind, n_train, settings.epochs)))
+    return found
+
+
+def settle_config(run_dir: Path, settings: dict) -> dict:
+    """The run's config.json: written once, with the run's mark and the library versions; a rerun must match it
+    (else --fresh or another --run-dir: ``refuse_other_settings``)."""
+    from . import __version__, distribute, runfiles
+
+    config_path = run_dir / runfiles.CONFIG_FILE
+    if config_path.is_file():
+        saved = runfiles.read_json(config_path)
+        refuse_other_settings(run_dir, saved, settings)
+        return saved
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import keras
+    import tensorflow as tf
+
+    config = {runfiles.MARK_KEY: runfiles.run_marker(), **settings}
+    config["versions"] = {"steeldefect": __version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+    config["workers"] = distribute.num_workers()  # processes that trained it (TF_CONFIG's cluster; 1 without one)
+    runfiles.write_json(config_path, config)
+    return config
+
+
+def worker_config(run_dir: Path, settings: dict, *, fresh: bool) -> dict:
+    """A non-chief worker's view of the run's settings: its own, after the same check as the chief's (the chief
+    refuses to resume a run made with other settings, and so does the worker, rather than wait for it); with
+    ``fresh`` the chief empties the run, so there is nothing to check."""
+    from . import runfiles
+
+    config_path = run_dir / runfiles.CONFIG_FILE
+    if config_path.is_file() and not fresh:
+        refuse_other_settings(run_dir, runfiles.read_json(config_path), settings,
+                              who=" (the chief refuses to resume it, and so does this worker)")
+    return dict(settings)
