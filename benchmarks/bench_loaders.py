@@ -3,6 +3,11 @@ files, in the same process; what the accurate DCT (the loader's, to match OpenCV
 default; and the synthetic twin's generation speed on one core.
 
 Run: ``python benchmarks/bench_loaders.py``. Target: loader >= 0.8x the bare decode; twin >= 20 images/s.
+
+``--paper``: instead, each stage's training dataset at the paper profile's sizes with the source augmentation
+(classifiers 256x512, batch 8; UNets 256x800, batch 4; no cache, as a first epoch reads them), on one CPU core
+(tf.data's private thread pool of one thread) and on all of this machine's, and what that means for one GPU: the
+cores it takes to feed 150 UNet images/s.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import math  # noqa: E402
 
 import cv2  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -33,7 +41,43 @@ def images_per_second(make_dataset, n_images: int, repeat: int = 3) -> float:
     return n_images / best
 
 
+GPU_UNET_IMAGES_PER_S = 150  # what one GPU's UNet-B0 step takes at 256x800, the rate its loader must feed
+
+
+def paper_stages(n_images: int = 64) -> None:
+    """Images/s of each stage's training dataset at the paper's sizes, on one core and on all."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = synthetic.make_synthetic_severstal(Path(tmp) / "twin", n_images, seed=1)
+        table = data.load_table(root)
+        stages = {"binary (256x512, batch 8)": ("binary", None, (256, 512), 8),
+                  "multilabel (256x512, batch 8)": ("multilabel", None, (256, 512), 8),
+                  "class3 UNet (256x800, batch 4)": ("segmentation", 3, (256, 800), 4)}
+        cores = os.cpu_count() or 1
+        for name, (task, class_id, size, batch) in stages.items():
+            rows = loaders.select_rows(table, task, class_id)
+            rates = {}
+            for threads in (1, cores):
+                def dataset(threads=threads, rows=rows, task=task, class_id=class_id, size=size, batch=batch):
+                    found = loaders.make_dataset(rows, root / "train_images", task, class_id=class_id, image_size=size,
+                                                 batch_size=batch, shuffle=True, augment=True, augmentation="source")
+                    options = tf.data.Options()
+                    options.threading.private_threadpool_size = threads
+                    options.threading.max_intra_op_parallelism = 1
+                    return found.with_options(options)
+                rates[threads] = images_per_second(dataset, len(rows) // batch * batch)
+            line = f"{name}: {rates[1]:.1f} images/s on one core, {rates[cores]:.1f} on {cores}"
+            if task == "segmentation":
+                line += (f"; feeding {GPU_UNET_IMAGES_PER_S} UNet images/s takes "
+                         f"{math.ceil(GPU_UNET_IMAGES_PER_S / rates[1])} cores at this rate")
+            print(line, flush=True)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paper", action="store_true", help="each stage's dataset at the paper's sizes, per core")
+    if parser.parse_args().paper:
+        paper_stages()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cv2.setNumThreads(1)
         start = time.perf_counter()

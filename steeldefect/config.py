@@ -102,7 +102,14 @@ class TrainConfig:
     # "ours": random flips of image and mask, brightness and contrast of the image; "source": the source pipeline's,
     # built from Keras preprocessing layers (loaders.AUGMENTATIONS)
     augmentation: str = "ours"
-    cache: bool = True  # keep decoded, resized images in memory between epochs
+    cache: bool = True  # keep decoded, resized images in memory between epochs (when they fit: cache_max_share)
+    # The cache is kept only when it fits in this share of the memory available as the stage starts (sized before it
+    # is filled: training.cache_fits); None keeps it whatever its size (--cache on).
+    cache_max_share: float | None = 0.5
+    # A dry run (--max-steps-per-epoch): at most this many training and validation batches per epoch, so that
+    # everything else (evaluation of every split, the threshold search, the cascade, the report) can be timed on all
+    # the images of a full-size folder. None: every batch.
+    max_steps_per_epoch: int | None = None
     early_stopping_patience: int = 5  # epochs without val_loss improvement before stopping
     reduce_lr_patience: int = 2  # epochs without improvement before the learning rate is halved
     seed: int = 0

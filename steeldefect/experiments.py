@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--freeze-encoder", choices=sorted(FREEZE_CHOICES), default=None,
                         help="train stage 2 (multilabel) or stages 2-3 (all) with the encoder they start from frozen: "
                              "the classifier's head, the UNet's decoder (default: the profile's)")
+    parser.add_argument("--max-steps-per-epoch", type=int, metavar="N",
+                        help="a dry run: train at most N batches per epoch (and validate on N), while every split is "
+                             "still evaluated, the thresholds searched and the report written on all the images: how "
+                             "long and how much memory a full-size run's other phases take, before renting a GPU")
+    parser.add_argument("--cache", choices=("auto", "on", "off"), default="auto",
+                        help="keep decoded images in memory between epochs: auto (when the stage's images fit in half "
+                             "the memory available, else off with a message), on (always) or off")
     parser.add_argument("--twin-images", type=int, help="size of the synthetic twin (default: the profile's)")
     parser.add_argument("--twin-root", type=Path, default=DATA_DIR,
                         help="folder the synthetic twin is written under, as synthetic-N/ (default: data/)")
@@ -141,7 +148,8 @@ def check_args(args) -> None:
                  f"must be positive multiples of {UNET_MULTIPLE} (the UNet halves them five times), e.g. 64 320, "
                  "128 800 or 256 1600")
     for option, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                                 ("--twin-images", args.twin_images, MIN_TWIN_IMAGES)):
+                                 ("--twin-images", args.twin_images, MIN_TWIN_IMAGES),
+                                 ("--max-steps-per-epoch", args.max_steps_per_epoch, 1)):
         if value is not None and value < least:
             fail(f"{option}: {value} is too small; expected an integer >= {least}")
     weights = args.encoder_weights
@@ -254,10 +262,14 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None, s
     if config["strategy"] != "default":
         print(f"strategy: {distribute.describe(config)}")
     jobs = runplan.jobs(config, table)
+    estimate = runplan.estimate_seconds(config, table)
+    print(f"estimate: {runplan.about(estimate['total'])} on a 2-core CPU for these settings and images (the stages "
+          f"{runplan.about(estimate['training'])}, the cascade {runplan.about(estimate['cascade'])}); a GPU takes a "
+          "fraction of it", flush=True)
     trained, stopped = _train_stages(state, jobs)
     if stopped is not None:
         return stopped
-    return _finish(state, jobs, trained, tta=tta_from_choice(args.tta))
+    return _finish(state, jobs, trained, tta=tta_from_choice(args.tta), estimate=estimate)
 
 
 def _data_source(args, profile, chief: bool) -> tuple[Path, bool]:
@@ -330,22 +342,30 @@ def _write_data_files(state: RunState) -> None:
     })
 
 
-def _finish(state: RunState, jobs: list[Job], trained: int, *, tta: str | None) -> int:
+def _finish(state: RunState, jobs: list[Job], trained: int, *, tta: str | None, estimate: dict) -> int:
     """After training: the cascade, timing.json, the report, the default cascade, and the closing lines."""
     from . import report, training
 
     final_start = time.time()
-    evaluation = _build_cascade(state, tta=tta)
-    stage_times = {f"{j.backbone}/{j.stage}": training.stage_seconds(state.run_dir, j.backbone, j.stage) for j in jobs}
+    phases: dict = {}  # meter.phase: each phase after training, its time, images/s and own peak memory
+    evaluation = _build_cascade(state, tta=tta, phases=phases)
+    names = [f"{j.backbone}/{j.stage}" for j in jobs]
+    stage_times = {n: training.stage_seconds(state.run_dir, j.backbone, j.stage) for n, j in zip(names, jobs, strict=True)}
     final = time.time() - final_start
     total = sum(v for v in stage_times.values() if v is not None) + final
-    runfiles.write_json(state.run_dir / runfiles.TIMING_FILE, {
+    timing = {
         "total_s": total,  # every stage's recorded time (over all attempts) + the final steps of this process
         "stages_s": stage_times,  # None: not recorded (trained by a version that did not time stages)
         "final_s": final,  # choosing and evaluating the cascade, overlays
         "this_process_s": time.time() - state.start,
         "stages_trained": trained,  # by this process
-    })
+        # each stage's peak resident memory, training and evaluating it (None: not recorded)
+        "stages_peak_rss_gib": {n: training.stage_peak_gib(state.run_dir, j.backbone, j.stage)
+                                for n, j in zip(names, jobs, strict=True)},
+        "phases": phases,
+        "estimate_s": estimate,  # what the run said it would take before training (runplan.estimate_seconds)
+    }
+    runfiles.write_json(state.run_dir / runfiles.TIMING_FILE, timing)
     report.build_report(state.run_dir)
     runfiles.record_latest(state.run_dir)
     if evaluation is not None:
@@ -372,6 +392,8 @@ def _print_run_line(state: RunState, profile_name: str) -> None:
           f"test {int((table['split'] == 'test').sum())}) · image size {report.sizes_text(state.config)}")
     for line in report.plan_lines(state.plan):
         print(f"data: {line}")
+    if state.config.get("max_steps_per_epoch"):
+        print(f"dry run: {report.dry_run_text(state.config)}")
 
 
 def _wait_for_twin(data_dir: Path, timeout_s: float = 3600.0) -> None:
@@ -458,23 +480,27 @@ def _eta(run_dir: Path, jobs: list[Job], index: int) -> str:
     return f" · ETA run {_duration(left)}" if left is not None else ""
 
 
-def _build_cascade(state: RunState, tta: str | None = None) -> dict | None:
+def _build_cascade(state: RunState, tta: str | None = None, phases: dict | None = None) -> dict | None:
     """Choose each stage's backbone on validation, search thresholds, evaluate on test, draw overlays; the test
     evaluation, or None where the data leaves no cascade to build or no test image to evaluate it on. ``tta``: the
     cascade's flip TTA (``Cascade``), used for the threshold search and the evaluation and saved with it."""
     from . import cascade as cascade_lib
-    from . import thresholds
+    from . import meter
 
     run_dir, config, plan, table = state.run_dir, state.config, state.plan, state.table
+    phases = {} if phases is None else phases
+    n_images = {split: int((table["split"] == split).sum()) for split in ("val", "test")}
     if any(plan["stages"][s]["not_trainable"] for s in CLASSIFICATION_STAGES) or all(
             plan["stages"][s]["not_trainable"] for s in config["stages"] if s not in CLASSIFICATION_STAGES):
         print("cascade: not built, a stage it needs has no training image (see the data lines above)")
         return None
     print("cascade: choosing each stage's backbone on the validation split", flush=True)
     limits = runfiles.read_json(run_dir / runfiles.THRESHOLDS_FILE)["limits"]
-    cascade = cascade_lib.Cascade.from_folders(
-        _chosen_stages(run_dir, config), config["image_size"], limits={int(c): tuple(v) for c, v in limits.items()},
-        never_predicted={int(c): why for c, why in plan["never_predicted"].items()}, tta=tta)
+    with meter.phase(phases, "choosing and loading the cascade"):
+        cascade = cascade_lib.Cascade.from_folders(
+            _chosen_stages(run_dir, config), config["image_size"],
+            limits={int(c): tuple(v) for c, v in limits.items()},
+            never_predicted={int(c): why for c, why in plan["never_predicted"].items()}, tta=tta)
     if tta:
         print(f"cascade: flip TTA {tta} (each stage averaged over the flipped copies)")
     cascade.save(run_dir)  # names the stages' folders: no model is copied
@@ -484,10 +510,11 @@ def _build_cascade(state: RunState, tta: str | None = None) -> dict | None:
         for model in (cascade.binary, cascade.multilabel, *cascade.segmentation.values()):
             model.run_eagerly = True
     if (table["split"] == "val").any():
-        defect, class_probs, mask_probs, truth = cascade_lib.validation_outputs(cascade, table, state.images_dir, "val")
-        cascade.searched = thresholds.search_thresholds(class_probs, mask_probs.astype("float32"), truth,
-                                                        defect_probs=defect)
-        cascade.validation = cascade_lib.validation_dice(cascade, defect, class_probs, mask_probs, truth)
+        # streamed: what the search needs per image, not the masks (the same memory at 200 and at 2,263 images)
+        with meter.phase(phases, "validation: every stage, threshold search", n_images["val"]):
+            summary = cascade_lib.validation_summary(cascade, table, state.images_dir, "val")
+            cascade.searched = summary.search(binary_threshold=cascade.binary_threshold)
+            cascade.validation = cascade_lib.validation_dice(cascade, summary)
         cascade.save(run_dir)
         found = cascade.validation
         if found["paper_rule"] < found["all_empty"]:
@@ -500,10 +527,12 @@ def _build_cascade(state: RunState, tta: str | None = None) -> dict | None:
         print("cascade: no test image, so no test evaluation")
         return None
     print("cascade: evaluating on the test split", flush=True)
-    evaluation = cascade_lib.evaluate_cascade(cascade, table, state.images_dir, "test")
+    with meter.phase(phases, "test: the cascade's variants", n_images["test"]):
+        evaluation = cascade_lib.evaluate_cascade(cascade, table, state.images_dir, "test")
     runfiles.write_json(run_dir / runfiles.CASCADE_EVAL_FILE, evaluation)
     shown = table[(table["split"] == "test") & table["has_defect"]].head(4)
-    cascade_lib.overlay_figures(cascade, shown, state.images_dir, run_dir / "figures")
+    with meter.phase(phases, "overlays", len(shown)):
+        cascade_lib.overlay_figures(cascade, shown, state.images_dir, run_dir / "figures")
     return evaluation
 
 

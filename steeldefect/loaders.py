@@ -136,6 +136,21 @@ def source_augmentation(segmentation: bool, seed: int = 0):
     return augment
 
 
+def cache_bytes(n_images: int, task: str, image_size: tuple[int, int], class_id: int | None = None) -> int:
+    """The memory ``make_dataset(..., cache=True)`` fills for ``n_images`` rows: each decoded uint8 image at
+    ``image_size`` and its target (float32 labels, or uint8 masks: 1 channel for a class, 4 for every class).
+
+    Example:
+        >>> cache_bytes(9048, "binary", (256, 512)) / 2**30  # the paper's stage-1 training images
+        3.31...
+    """
+    height, width = _check_image_size(image_size)
+    target = {"binary": 4, "multilabel": 4 * len(CLASS_IDS)}.get(task)
+    if target is None:
+        target = height * width * (1 if task == "segmentation" and class_id is not None else len(CLASS_IDS))
+    return int(n_images) * (height * width * 3 + target)
+
+
 def make_dataset(
     table: pd.DataFrame,
     images_dir: str | Path,
@@ -192,7 +207,9 @@ def make_dataset(
         raise ValueError(f"no images for {what} in a table of {len(table)} rows")
     images_dir = Path(images_dir)
     paths = np.array([str(images_dir / image_id) for image_id in rows["ImageId"]])
-    rles = rows[list(DEFECT_COLUMNS)].to_numpy(dtype=str)
+    # object, not str: a NumPy str array is fixed-width, n x 4 x the longest RLE x 4 bytes (gigabytes for thousands
+    # of images with a few long RLEs); TensorFlow's strings are as long as each is
+    rles = rows[list(DEFECT_COLUMNS)].to_numpy(dtype=object)
     labels = (rles != "").astype(np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((paths, rles, labels))
 

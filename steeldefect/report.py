@@ -380,12 +380,35 @@ def _wall_time_lines(timing: dict) -> list[str]:
         return [text + " (the last process only: an interrupted and resumed run took longer).", ""]
     lines = [text + untimed_note(stages)
              + " (training and evaluating each stage, summed over interrupted attempts, then the cascade).", ""]
-    minutes = pd.DataFrame([(*name.split("/"), None if s is None else s / 60) for name, s in stages.items()],
-                           columns=["backbone", "stage", "minutes"])
-    frame = minutes.pivot(index="backbone", columns="stage", values="minutes")
-    frame = frame.reindex(index=list(dict.fromkeys(minutes["backbone"])), columns=list(dict.fromkeys(minutes["stage"])))
-    frame = frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None, not for NaN
-    return lines + ["Minutes per stage (blank: not recorded):", "", frame.to_markdown(floatfmt=".1f", missingval=""), ""]
+    frame = _by_backbone_and_stage({name: None if s is None else s / 60 for name, s in stages.items()})
+    lines += ["Minutes per stage (blank: not recorded):", "", frame.to_markdown(floatfmt=".1f", missingval=""), ""]
+    peaks = timing.get("stages_peak_rss_gib")
+    if peaks and any(v is not None for v in peaks.values()):
+        frame = _by_backbone_and_stage(peaks)
+        lines += ["Peak memory (RSS) per stage in GiB, training and evaluating it (blank: not recorded):", "",
+                  frame.to_markdown(floatfmt=".2f", missingval=""), ""]
+    return lines + _phase_lines(timing.get("phases"))
+
+
+def _by_backbone_and_stage(values: dict[str, float | None]) -> pd.DataFrame:
+    """``{"backbone/stage": value}`` as a table, backbones down and stages across (None: a blank cell)."""
+    long = pd.DataFrame([(*name.split("/"), value) for name, value in values.items()],
+                        columns=["backbone", "stage", "value"])
+    frame = long.pivot(index="backbone", columns="stage", values="value")
+    frame = frame.reindex(index=list(dict.fromkeys(long["backbone"])), columns=list(dict.fromkeys(long["stage"])))
+    return frame.astype(object).where(frame.notna(), None)  # tabulate writes missingval for None, not for NaN
+
+
+def _phase_lines(phases: dict | None) -> list[str]:
+    """The run's phases after training (timing.json's ``phases``, ``meter.phase``): time, images/s, peak memory."""
+    if not phases:
+        return []
+    rows = [(name, found["seconds"] / 60, None if found.get("images") is None else str(found["images"]),
+             found.get("images_per_s"), found.get("peak_rss_gib")) for name, found in phases.items()]
+    frame = pd.DataFrame(rows, columns=["phase", "minutes", "images", "images/s", "peak RSS (GiB)"])
+    frame = frame.astype(object).where(frame.notna(), None)
+    return ["After training (each phase's own peak memory):", "",
+            frame.to_markdown(index=False, floatfmt=".2f", missingval=""), ""]
 
 
 def sizes_text(config: dict) -> str:
@@ -393,6 +416,14 @@ def sizes_text(config: dict) -> str:
     unet = "x".join(map(str, config["image_size"]))
     classifier = "x".join(map(str, config.get("classifier_image_size") or config["image_size"]))
     return unet if unet == classifier else f"{unet} (UNets), {classifier} (classifiers)"
+
+
+def dry_run_text(config: dict) -> str:
+    """What a dry run (``--max-steps-per-epoch``) measures, for the console and the report."""
+    return (f"at most {config['max_steps_per_epoch']} training and validation batches per epoch "
+            "(--max-steps-per-epoch); every split is evaluated, the thresholds searched and the cascade built on all "
+            "the images. The models are barely trained: this run times the pipeline, its tables do not measure a "
+            "detector")
 
 
 def counts_text(counts: dict) -> str:
@@ -464,6 +495,8 @@ def build_report(run_dir: str | Path) -> dict:
     lines = [f"# Run report: {run_dir.name}", "", f"Profile `{config['profile']}`, data `{config['data_dir']}`"
              f"{' (synthetic twin)' if synthetic else ''}, image size {sizes_text(config)}, backbones "
              f"{', '.join(backbones)}; {_training_text(config)}.", ""]
+    if config.get("max_steps_per_epoch"):
+        lines += [f"**Dry run**: {dry_run_text(config)}.", ""]
     plan = runfiles.read_optional_json(run_dir / runfiles.PLAN_FILE)
     if plan and plan_lines(plan):
         lines += ["What this data gave each stage (decided before training):", ""]

@@ -31,7 +31,7 @@ class Job(NamedTuple):
     n_train: int  # the stage's training images
     train_config: TrainConfig
     kind: str  # "classifier" or "unet" (stage_kind)
-    work: float  # what the ETA scales by (stage_work)
+    work: float  # the stage's estimated seconds (stage_seconds_estimate): what the ETA scales by
 
 
 def stage_kind(stage: str) -> str:
@@ -39,16 +39,79 @@ def stage_kind(stage: str) -> str:
     return "classifier" if stage in CLASSIFICATION_STAGES else "unet"
 
 
-def stage_work(backbone: str, kind: str, n_images: int, epochs: int) -> float:
-    """A stage's training work in units that scale with its wall time: images x epochs x the backbone's step cost."""
-    return n_images * epochs * STEP_COST_MS[kind][BACKBONES.index(backbone)]
+# The estimate of a run's time on the 2-core development CPU (``estimate_seconds``), from STEP_COST_MS (a training
+# step's cost per image at 64x320) and what a stage costs whatever its data. Checked against measured runs: the
+# smoke and default profiles, quick with B0 on the real sample, the paper profile's dry run (tests/test_runplan.py).
+STAGE_OVERHEAD_S = {"traced": 60.0, "eager": 12.0}  # building the model, tracing its train and evaluation steps, saving
+FORWARD_SHARE = 1 / 3  # a forward pass (evaluation, precise BN) against a training step, per image
+BASE_PIXELS = 64 * 320  # the size STEP_COST_MS was measured at; the cost scales with the pixels
+CASCADE_OVERHEAD_S = 20.0  # per model the cascade loads and traces for its evaluation
+
+
+def _ms_per_image(kind: str, backbone: str, image_size, forward: bool) -> float:
+    pixels = image_size[0] * image_size[1] / BASE_PIXELS
+    return STEP_COST_MS[kind][BACKBONES.index(backbone)] * pixels * (FORWARD_SHARE if forward else 1.0)
+
+
+def stage_seconds_estimate(backbone: str, stage: str, counts: dict[str, int], config: TrainConfig) -> float:
+    """A stage's wall time here: training (capped by a dry run's steps), validation and precise BN each epoch,
+    the evaluation of every split, and the stage's fixed cost. ``counts``: its images per split."""
+    kind = stage_kind(stage)
+    if not counts["train"]:
+        return 0.0
+    batches = -(-counts["train"] // config.batch_size)
+    val_batches = -(-counts["val"] // config.eval_batch_size)
+    if config.max_steps_per_epoch:
+        batches, val_batches = min(batches, config.max_steps_per_epoch), min(val_batches, config.max_steps_per_epoch)
+    step = _ms_per_image(kind, backbone, config.image_size, forward=False)
+    forward = _ms_per_image(kind, backbone, config.image_size, forward=True)
+    trained = min(counts["train"], batches * config.batch_size)
+    checked = min(counts["val"], val_batches * config.eval_batch_size)
+    calibration = min(config.bn_recalibration_batches, batches) * config.batch_size
+    epoch_ms = trained * step + (checked + calibration) * forward
+    evaluation_ms = sum(counts.values()) * forward
+    overhead = STAGE_OVERHEAD_S["eager" if config.run_eagerly else "traced"]
+    return overhead + (config.epochs * epoch_ms + evaluation_ms) / 1000
+
+
+def cascade_seconds_estimate(config: dict, n_val: int, n_test: int) -> float:
+    """The cascade's threshold search on validation and its evaluation on test: every model on every image (the
+    variants are derived from one pass), with the first chosen backbone's costs, plus loading each model."""
+    backbone = config["backbones"][0]
+    stages = config["stages"]
+    per_image = sum(_ms_per_image(stage_kind(s), backbone, train_config(config, s).image_size, forward=True)
+                    for s in stages)
+    return len(stages) * CASCADE_OVERHEAD_S + (n_val + n_test) * per_image / 1000
+
+
+def about(seconds: float) -> str:
+    """A duration as an estimate says it: ``about 40 s``, ``about 12 min``, ``about 2 h 5 min``.
+
+    Example:
+        >>> about(7500)
+        'about 2 h 5 min'
+    """
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min" if minutes < 120 else f"about {minutes // 60} h {minutes % 60} min"
+
+
+def estimate_seconds(config: dict, table) -> dict[str, float]:
+    """How long the run will take on this kind of machine (2 cores): ``training`` (every stage, with its
+    evaluation), ``cascade`` (threshold search and test evaluation) and ``total``, in seconds."""
+    training_s = sum(job.work for job in jobs(config, table))
+    split = table["split"]
+    cascade_s = cascade_seconds_estimate(config, int((split == "val").sum()), int((split == "test").sum()))
+    return {"training": training_s, "cascade": cascade_s, "total": training_s + cascade_s}
 
 
 def estimate_remaining(finished: list[tuple[str, float, float]], todo: list[tuple[str, float]]) -> float | None:
     """Seconds the stages ``todo`` will take, from the stages already timed.
 
     Args:
-        finished: ``(kind, work, seconds)`` of timed stages (kind "classifier" or "unet"; work from ``stage_work``).
+        finished: ``(kind, work, seconds)`` of timed stages (kind "classifier" or "unet"; work: the stage's
+            estimated seconds, ``stage_seconds_estimate``).
         todo: ``(kind, work)`` of the stages still to train.
 
     Returns:
@@ -99,6 +162,8 @@ def resolve_settings(args, profile) -> dict:
         "seed": args.seed,
         "strategy": args.strategy,
         "mixed_precision": args.mixed_precision,
+        "cache": getattr(args, "cache", None) or "auto",
+        "max_steps_per_epoch": getattr(args, "max_steps_per_epoch", None),
     }
 
 
@@ -116,6 +181,8 @@ def train_config(settings: dict, stage: str) -> TrainConfig:
         bn_momentum=0.9 if starts_from_scratch(settings["encoder_weights"]) else None, segmentation_loss=settings["segmentation_loss"],
         multilabel_pos_weight=settings.get("multilabel_pos_weight"), head=settings["head"],
         seed=settings["seed"], strategy=settings["strategy"], mixed_precision=settings["mixed_precision"],
+        cache=settings.get("cache", "auto") != "off", cache_max_share=None if settings.get("cache") == "on" else 0.5,
+        max_steps_per_epoch=settings.get("max_steps_per_epoch"),
     )
 
 
@@ -145,7 +212,7 @@ def _describe(value) -> str:
 
 # Settings added after runs were made with this package, and what their absence in a run's config.json means: a run
 # made before them resumes as long as the new setting has that value.
-LATER_SETTINGS = {"run_eagerly": False, "freeze_encoder": []}
+LATER_SETTINGS = {"run_eagerly": False, "freeze_encoder": [], "cache": "auto", "max_steps_per_epoch": None}
 
 
 def differing_settings(saved: dict, settings: dict) -> list[str]:
@@ -183,20 +250,23 @@ def _expected_time(name: str) -> str:
 
 
 def first_line(args) -> str:
-    """What the run will take here, said before it starts, and how to get a faster or a fuller one."""
+    """What the run will take here, said before it starts, and how to get a faster or a fuller one. The profile's
+    measured time where its own settings run (scaled to the backbones chosen); with other settings or data, the
+    estimate for them (``estimate_seconds``) follows on its own line once the data is read."""
     profile = PROFILES[args.profile]
     chosen = args.backbones or profile.backbones
     changed = [f"--{name.replace('_', '-')}" for name in ("data_dir", "epochs", "image_size", "batch_size",
-                                                          "twin_images", "freeze_encoder")
+                                                          "twin_images", "freeze_encoder", "max_steps_per_epoch")
                if getattr(args, name, None) is not None]
-    if profile.measured_minutes is None:
-        expected = profile.minutes_note
+    later = "the estimate for these settings and this data follows once the data is read"
+    if changed or profile.measured_minutes is None:
+        known = (f"measured {profile.measured_minutes:.0f} min for its own settings and five backbones"
+                 if profile.measured_minutes else profile.minutes_note)
+        expected = f"{later} (the profile: {known})"
     else:
         share = sum(STEP_COST_MS["classifier"][BACKBONES.index(b)] + STEP_COST_MS["unet"][BACKBONES.index(b)]
                     for b in chosen) / sum(map(sum, STEP_COST_MS.values()))
         expected = f"about {profile.measured_minutes * share:.0f} min on a 2-core CPU"
-        if changed:
-            expected += f" with the profile's own settings ({', '.join(changed)} change{'s' if len(changed) == 1 else ''} it)"
     others = {"smoke": "faster, a pipeline check", "default": "the default", "quick": "fuller, a better detector",
               "paper": "the paper's protocol on the Kaggle data"}
     hints = "; ".join(f"--profile {name} ({_expected_time(name)}, {why})" for name, why in others.items()
@@ -227,7 +297,7 @@ def data_plan(table, stages, *, moved=(), bad_images=None) -> dict:
 
 def jobs(config: dict, table) -> list[Job]:
     """Every stage to train, in order (backbones, then stages)."""
-    from . import loaders
+    from . import loaders, training
     from .training import stage_task
 
     found = []
@@ -236,8 +306,8 @@ def jobs(config: dict, table) -> list[Job]:
             task, class_id = stage_task(stage)
             n_train = len(loaders.select_rows(table[table["split"] == "train"], task, class_id))
             settings = train_config(config, stage)
-            kind = stage_kind(stage)
-            found.append(Job(backbone, stage, n_train, settings, kind, stage_work(backbone, kind, n_train, settings.epochs)))
+            seconds = stage_seconds_estimate(backbone, stage, training.stage_counts(table, stage), settings)
+            found.append(Job(backbone, stage, n_train, settings, stage_kind(stage), seconds))
     return found
 
 

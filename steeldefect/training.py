@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import data, distribute, loaders, metrics, models, runfiles
+from . import data, distribute, loaders, meter, metrics, models, runfiles
 from .config import (
     CLASS_IDS,
     CLASSIFICATION_STAGES,
@@ -89,8 +89,16 @@ def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | Non
     return float(runfiles.read_json(path)["seconds"]) if path.is_file() else None
 
 
+def stage_peak_gib(run_dir: str | Path, backbone: str, stage: str) -> float | None:
+    """A stage's peak memory in GiB (``StageClock``); None when not recorded."""
+    found = runfiles.read_optional_json(runfiles.stage_dir(run_dir, backbone, stage) / runfiles.TIMING_FILE)
+    return None if found is None else found.get("peak_rss_gib")
+
+
 class StageClock:
-    """A stage's wall time over its attempts, kept in ``directory/timing.json`` ({"seconds", "attempts"}).
+    """A stage's wall time over its attempts and its peak memory, kept in ``directory/timing.json`` ({"seconds",
+    "attempts", "peak_rss_gib"}: the process's resident memory at its highest while the stage trained and was
+    evaluated, over its attempts).
 
     As a context manager around one attempt it writes the file when the attempt starts, after every epoch
     (``callback()``, the stage's first Keras callback) and when the attempt ends, also by an exception (Ctrl-C,
@@ -103,15 +111,20 @@ class StageClock:
         before = runfiles.read_json(self.path) if self.path.is_file() else {"seconds": 0.0, "attempts": 0}
         self.before = float(before["seconds"])
         self.attempt = int(before["attempts"]) + 1
+        self.peak_before = before.get("peak_rss_gib")  # the largest of the earlier attempts
         self.start = time.perf_counter()
 
     def write(self) -> None:
-        _write_json(self.path, {"seconds": self.before + time.perf_counter() - self.start, "attempts": self.attempt})
+        peak = meter.peak_rss_bytes()
+        peaks = [p for p in (self.peak_before, None if peak is None else peak / meter.GIB) if p is not None]
+        _write_json(self.path, {"seconds": self.before + time.perf_counter() - self.start, "attempts": self.attempt,
+                                "peak_rss_gib": max(peaks) if peaks else None})
 
     def callback(self) -> keras.callbacks.Callback:
         return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.write())
 
     def __enter__(self) -> StageClock:
+        meter.reset_peak()  # the stage's own peak memory, not the largest of the stages before it
         self.write()
         return self
 
@@ -454,6 +467,26 @@ def train_stage(
     return result
 
 
+def cache_fits(table: pd.DataFrame, stage: str, config: TrainConfig, *, what: str = "") -> bool:
+    """Whether the stage keeps its decoded train and validation images in memory (``TrainConfig.cache``): sized
+    before it is filled (``loaders.cache_bytes``) against ``cache_max_share`` of the memory available now; a cache
+    that would not fit is turned off with a warning that says so. A dry run (``max_steps_per_epoch``) reads a few
+    batches per epoch: it caches nothing."""
+    if not config.cache or config.max_steps_per_epoch:
+        return False
+    task, class_id = stage_task(stage)
+    rows = table[table["split"].isin(["train", "val"])]
+    n_images = len(loaders.select_rows(rows, task, class_id))
+    need = loaders.cache_bytes(n_images, task, config.image_size, class_id)
+    available = meter.available_bytes()
+    if config.cache_max_share is None or available is None or need <= config.cache_max_share * available:
+        return True
+    log.warning("%s: the image cache would take %.1f GiB (%d images at %dx%d), more than %.0f %% of the %.1f GiB "
+                "available: it is off, images are decoded every epoch (--cache on keeps it anyway)", what or stage,
+                need / meter.GIB, n_images, *config.image_size, 100 * config.cache_max_share, available / meter.GIB)
+    return False
+
+
 def stage_pos_weight(stage: str, config: TrainConfig, table: pd.DataFrame) -> np.ndarray | None:
     """The per-class weights of the multi-label loss that ``config.multilabel_pos_weight`` asks for: None (the paper's
     plain binary cross-entropy, and for every other stage), for "balanced" ``metrics.balanced_pos_weight`` of the
@@ -483,10 +516,17 @@ def _fit(directory: Path, backbone: str, stage: str, config: TrainConfig, *, tab
     counts = stage_counts(table, stage)
     if not counts["train"]:
         raise ValueError(f"{backbone}/{stage}: no training image ({counts}); record it with record_not_trainable")
-    train = _datasets(table, images_dir, stage, config, "train", train=True)
+    cache = cache_fits(table, stage, config, what=f"{backbone}/{stage}")  # decided before any image is decoded
+    train = _datasets(table, images_dir, stage, config, "train", train=True, cache=cache)
     # Without validation images (a small folder), the stage trains on its training loss: the checkpoint, early
     # stopping and the learning-rate schedule follow it, and precise BN runs once at the end.
-    val = _datasets(table, images_dir, stage, config, "val", train=False) if counts["val"] else None
+    val = _datasets(table, images_dir, stage, config, "val", train=False, cache=cache) if counts["val"] else None
+    if config.max_steps_per_epoch:  # a dry run: a few batches per epoch, to time the rest of the run at full size
+        train = train.take(config.max_steps_per_epoch)
+        val = None if val is None else val.take(config.max_steps_per_epoch)
+        # precise BN's batches too: at 256x512 its 25 batches cost a minute an epoch on a CPU
+        config = dataclasses.replace(config, bn_recalibration_batches=min(config.bn_recalibration_batches,
+                                                                          config.max_steps_per_epoch))
     monitor = "val_loss" if val is not None else "loss"
     if val is None:
         log.info("%s/%s: no validation image; it trains without validation (monitoring the training loss)",

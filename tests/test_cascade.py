@@ -173,6 +173,48 @@ def test_submission_has_four_rows_per_image_in_the_sample_format(twin, tmp_path)
     assert list(old.columns) == ["ImageId_ClassId", "EncodedPixels"] and old["ImageId_ClassId"][2].endswith("_3")
 
 
+@pytest.mark.parametrize("submission_format", ["2020", "2019"])
+def test_a_submission_is_written_as_it_goes_and_continued_after_a_kill(tmp_path, submission_format):
+    rles = {"a.jpg": {1: "", 2: "5 3", 3: "", 4: "1 10 20 5"}, "b.jpg": dict.fromkeys((1, 2, 3, 4), ""),
+            "c.jpg": {1: "7 7", 2: "", 3: "100 2", 4: ""}}
+    rows = [(name, c, found[c]) for name, found in rles.items() for c in (1, 2, 3, 4)]
+    expected = cascade_module.write_submission(cascade_module.submission_frame(rows, submission_format),
+                                               tmp_path / "whole.csv").read_text()
+    path = tmp_path / "out" / "submission.csv"
+    writer = cascade_module.SubmissionWriter(path, submission_format)
+    writer.add("a.jpg", rles["a.jpg"])
+    writer.add("b.jpg", rles["b.jpg"])
+    writer.abandon()  # killed: the two images are in the partial file, the submission does not exist yet
+    assert not path.exists() and writer.partial.read_text().count("\n") == 9
+    with open(writer.partial, "a") as handle:
+        handle.write(expected.splitlines()[9][:6])  # c.jpg's first row, cut short by the kill
+    again = cascade_module.SubmissionWriter(path, submission_format)
+    assert again.done == ["a.jpg", "b.jpg"]  # the cut row does not count, and is gone from the file
+    again.add("c.jpg", rles["c.jpg"])
+    assert again.close() == path and path.read_text() == expected and not again.partial.exists()
+    with open(again.partial, "w") as handle:
+        handle.write("Image,Pixels\n")
+    with pytest.raises(ValueError, match=rf"submission.csv.partial is not a {submission_format} submission in "
+                                         r"progress \(its header is Image,Pixels\): delete it or write elsewhere"):
+        cascade_module.SubmissionWriter(path, submission_format)
+
+
+def test_the_command_line_continues_a_submission_it_was_stopped_in(twin, tmp_path, capsys, b0_bundle):
+    root, _ = twin
+    _, bundle = b0_bundle
+    images = sorted((root / "test_images").iterdir())
+    whole, resumed = tmp_path / "whole.csv", tmp_path / "resumed.csv"
+    assert cascade_module.main(["--run", str(bundle), str(root / "test_images"), "--submission", str(whole)]) == 0
+    assert f"submission: {whole} (12 rows, 3 images)" in capsys.readouterr().out
+    first = whole.read_text().splitlines()[:5]  # the header and the first image's four rows: what a kill left
+    (tmp_path / "resumed.csv.partial").write_text("\n".join(first) + "\n")
+    assert cascade_module.main(["--run", str(bundle), str(root / "test_images"), "--submission", str(resumed)]) == 0
+    out = capsys.readouterr().out
+    assert "continuing" in out and "1 of 3 images are in it, 2 to predict" in out
+    assert f"{images[0].name}: defect" not in out and all(f"{p.name}: defect" in out for p in images[1:])
+    assert resumed.read_text() == whole.read_text()
+
+
 def test_overlay_colours_each_class():
     masks = np.zeros((*SIZE, 4), bool)
     masks[5:30, 5:60, 0] = True

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from steeldefect import cascade as cascade_module
-from steeldefect import data, loaders, metrics
+from steeldefect import data, loaders, metrics, thresholds
 from steeldefect.cascade import Cascade
 
 from .stand_ins import IMAGE, SIZE, make
@@ -112,3 +112,26 @@ def test_evaluate_folder_scores_each_stage_on_every_image(twin, tmp_path, capsys
     with pytest.raises(SystemExit):
         cascade_module.main(["--run", str(bundle)])  # nothing to predict, nothing to evaluate
     assert "give images or folders to predict, or --evaluate DATA_DIR" in capsys.readouterr().err
+
+
+def test_the_validation_summary_streams_what_the_split_in_memory_gives(twin):
+    """Threshold search and validation Dice from the streamed summary (batches of 5) equal the same computed on the
+    whole split at once from the cascade's outputs."""
+    root, table = twin
+    split = table.assign(split="val")
+    batches = list(loaders.make_dataset(split, root / "train_images", "masks", image_size=SIZE, batch_size=16))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    truth = np.concatenate([y.numpy() for _, y in batches]).astype(bool)
+    cascade = _image_dependent_cascade(images)
+    summary = cascade_module.validation_summary(cascade, split, root / "train_images", batch_size=5)
+    assert summary.n_images == len(images) == 12
+    defect, class_probs, mask_probs, _ = cascade.probabilities(images, gating="none")
+    searched = thresholds.search_thresholds(class_probs, mask_probs, truth, defect_probs=defect)
+    assert summary.search() == searched
+    cascade.searched = searched
+    found = cascade_module.validation_dice(cascade, summary)
+    for name, use in (("paper_rule", False), ("searched", True)):
+        masks, _, _ = cascade.decide(defect, class_probs, mask_probs, searched=use)
+        assert found[name] == metrics.kaggle_dice_per_pair(masks, truth).mean(), name
+    assert found["all_empty"] == (~truth.any(axis=(1, 2))).mean()
+    assert found["searched"] >= found["all_empty"]  # the search starts from "never predict"

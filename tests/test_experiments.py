@@ -104,6 +104,7 @@ def test_fresh_empties_a_run_directory_and_only_that(tmp_path, monkeypatch):
     (["--epochs", "0"], r"--epochs: 0 is too small; expected an integer >= 1"),
     (["--batch-size", "-1"], r"--batch-size: -1 is too small"),
     (["--twin-images", "3"], r"--twin-images: 3 is too small; expected an integer >= 10"),
+    (["--max-steps-per-epoch", "0"], r"--max-steps-per-epoch: 0 is too small; expected an integer >= 1"),
     (["--encoder-weights", "/no/such/weights.h5"], "--encoder-weights: '/no/such/weights.h5' is neither imagenet"),
     (["--report-only", "--fresh"], "--report-only rebuilds a run.s report from its files and --fresh deletes them: use one"),
     (["--data-dir", "d", "--twin-images", "20"], "--twin-images and --twin-root choose the synthetic twin"),

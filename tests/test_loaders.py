@@ -181,3 +181,25 @@ def test_training_and_prediction_decode_real_jpegs_identically(real_dir):
                                           batch_size=8))
     for x, image_id in zip(images, table["ImageId"], strict=True):
         assert np.array_equal(x, cascade.read_image(real_dir / "train_images" / image_id)), image_id
+
+
+def test_a_datasets_memory_grows_with_its_annotations_not_with_the_longest_one():
+    """One image with a long RLE among many: the table's strings are kept as long as each is (a fixed-width NumPy
+    array would take rows x 4 x the longest x 4 bytes, 1 GB here)."""
+    import tracemalloc
+
+    import pandas as pd
+
+    n_rows = 400
+    long = " ".join(f"{1 + 4 * i} 2" for i in range(20000))  # 20,000 runs: 157,221 characters
+    table = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(n_rows)], "Defect_1": [""] * n_rows,
+                          "Defect_2": [""] * n_rows, "Defect_3": [long] + ["1 5"] * (n_rows - 1),
+                          "Defect_4": [""] * n_rows})
+    table["has_defect"] = True
+    tracemalloc.start()
+    try:
+        loaders.make_dataset(table, "images", "masks", image_size=(64, 320), batch_size=8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(long) > 150_000 and peak < 50 * 2**20, peak

@@ -43,3 +43,16 @@ def test_the_report_says_when_the_paper_rule_is_below_all_empty_on_validation():
     assert "**The paper's rule scores below predicting no defect here**" in below
     above = report.validation_line({"paper_rule": 0.905, "searched": 0.909, "all_empty": 0.867})
     assert "0.9050 by the paper's rule" in above and "below" not in above
+
+
+def test_the_wall_time_section_has_each_stages_peak_memory_and_the_phases_after_training():
+    timing = {"total_s": 600.0, "final_s": 60.0, "stages_s": {"efficientnetb0/binary": 300.0, "efficientnetb0/joint": 240.0},
+              "stages_peak_rss_gib": {"efficientnetb0/binary": 1.5, "efficientnetb0/joint": None},
+              "phases": {"validation: every stage, threshold search": {"seconds": 120.0, "images": 2263,
+                                                                       "images_per_s": 18.86, "peak_rss_gib": 2.25}}}
+    text = "\n".join(report._wall_time_lines(timing))
+    assert "Peak memory (RSS) per stage in GiB, training and evaluating it (blank: not recorded):" in text
+    assert "| efficientnetb0 |     1.50 |         |" in text
+    assert "| validation: every stage, threshold search |      2.00 |     2263 |      18.86 |             2.25 |" in text, text
+    config = {"max_steps_per_epoch": 5}
+    assert report.dry_run_text(config).startswith("at most 5 training and validation batches per epoch")

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect import paper, rle, thresholds
+from steeldefect import metrics, paper, rle, thresholds
 
 LIMITS = {1: (500, 15500), 2: (700, 10000), 3: (1100, 160000), 4: (2800, 127000)}
 
@@ -139,3 +139,54 @@ def test_cascade_masks_keeps_only_the_kept_classes():
     lower, _, _ = thresholds.cascade_masks([0.9], [[0.9, 0.9, 0.9, 0.1]], probs, limits=limits,
                                            pixel_thresholds=[0.5, 0.5, 0.3, 0.5])
     assert lower[0, :, :, 2].all()  # its own pixel threshold
+
+
+def _random_validation(n=23, h=16, w=40, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n, h, w, 4), bool)
+    mask_probs = rng.random((n, h, w, 4)).astype(np.float32) * 0.6
+    for i in range(n):
+        for k in range(4):
+            if rng.random() < 0.4:
+                top, left = rng.integers(0, h - 6), rng.integers(0, w - 10)
+                truth[i, top : top + 6, left : left + 10, k] = True
+                mask_probs[i, top : top + 6, left : left + 10, k] += rng.random() * 0.5
+    class_probs = np.clip(truth.any(axis=(1, 2)) * 0.5 + rng.random((n, 4)) * 0.5, 0, 1)
+    return rng.random(n), class_probs, mask_probs, truth
+
+
+def test_the_streamed_search_equals_the_search_in_memory():
+    defect, class_probs, mask_probs, truth = _random_validation()
+    whole = thresholds.search_thresholds(class_probs, mask_probs, truth, defect_probs=defect)
+    assert any(found["label_threshold"] != thresholds.NEVER for found in whole.values())  # a case with choices made
+    for batch in (1, 4, 7, 23):
+        summary = thresholds.ValidationSummary()
+        for start in range(0, len(truth), batch):
+            part = slice(start, start + batch)
+            summary.add(defect[part], class_probs[part], mask_probs[part], truth[part])
+        assert summary.n_images == len(truth) and summary.search() == whole, batch
+
+
+def test_a_summary_gives_the_dice_of_any_summarised_rule_exactly():
+    defect, class_probs, mask_probs, truth = _random_validation(seed=1)
+    summary = thresholds.ValidationSummary((0.3, 0.5, 0.7))
+    for start in range(0, len(truth), 5):
+        summary.add(defect[start : start + 5], class_probs[start : start + 5], mask_probs[start : start + 5],
+                    truth[start : start + 5])
+    rules = [{"pixel_thresholds": 0.5, "limits": paper.AREA_THRESHOLDS, "label_thresholds": 0.5},
+             {"pixel_thresholds": [0.3, 0.7, 0.5, 0.3], "label_thresholds": [0.2, np.inf, 0.6, 0.0],
+              "limits": {1: (0, np.inf), 2: (500, np.inf), 3: (2000, np.inf), 4: (0, np.inf)}}]
+    for rule in rules:
+        masks, _, _ = thresholds.cascade_masks(defect, class_probs, mask_probs, binary_threshold=0.4, **rule)
+        expected = metrics.kaggle_dice_per_pair(masks, truth)
+        np.testing.assert_array_equal(summary.dice(binary_threshold=0.4, **rule), expected)
+    np.testing.assert_array_equal(summary.empty_dice(), np.where(truth.any(axis=(1, 2)), 0.0, 1.0))
+    # what it keeps per image does not depend on the masks' size: a few hundred bytes, never a mask
+    kept = sum(a.nbytes for part in summary._parts for a in part) / summary.n_images
+    assert kept < 400 < truth[0].nbytes
+    with pytest.raises(ValueError, match=r"pixel threshold 0.4 was not summarised \(the summary has 0.3, 0.5, 0.7\)"):
+        summary.dice(pixel_thresholds=0.4, limits=paper.AREA_THRESHOLDS)
+    with pytest.raises(ValueError, match="masks of 8x40, but earlier batches were 16x40: one summary is one size"):
+        summary.add(defect[:1], class_probs[:1], mask_probs[:1, :8], truth[:1, :8])
+    with pytest.raises(ValueError, match="the summary holds no image: add batches first"):
+        thresholds.ValidationSummary().search()

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from steeldefect import data, metrics, models, rle, runfiles, training
+from steeldefect import data, loaders, metrics, models, rle, runfiles, training
 from steeldefect.config import TrainConfig
 
 SIZE = (64, 320)
@@ -359,3 +359,42 @@ def test_damaged_weights_a_resumed_stage_reads_back_are_named_before_training(tm
     history.write_bytes(b"")
     with pytest.raises(runfiles.RunFileError, match=r"history.csv is damaged .*backup/ folder beside it"):
         training.read_history(history)
+
+
+def test_a_dry_run_trains_a_few_batches_per_epoch_and_evaluates_every_image(tmp_path, monkeypatch):
+    split, images_dir = squares_table(tmp_path, n=30)
+    n_train = int((split["split"] == "train").sum())
+    config = TrainConfig(image_size=SIZE, batch_size=2, epochs=2, head="simple", run_eagerly=True,
+                         max_steps_per_epoch=1, bn_recalibration_batches=25)
+    steps, calibrations = [], []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
+    recalibrate = models.recalibrate_batchnorm
+    monkeypatch.setattr(models, "recalibrate_batchnorm",
+                        lambda model, dataset, batches: calibrations.append(batches) or recalibrate(model, dataset, 1))
+    result = training.train_stage(tmp_path / "run", "efficientnetb0", "binary", config, table=split,
+                                  images_dir=images_dir, callbacks=[counter], verbose=0)
+    assert n_train // 2 > 1 and steps == [0, 0]  # one batch in each of the two epochs, of the several there are
+    assert calibrations == [1, 1]  # precise BN before each validation reads as few batches
+    assert result["train"]["n_images"] == n_train  # evaluation still reads every image
+    assert not training.cache_fits(split, "binary", config)  # a dry run reads a few batches: nothing to cache
+
+
+def test_the_image_cache_is_sized_before_it_is_filled(monkeypatch, caplog):
+    split = pd.DataFrame({"ImageId": [f"{i}.jpg" for i in range(10)], "Defect_1": [""] * 10, "Defect_2": [""] * 10,
+                          "Defect_3": ["1 5"] * 4 + [""] * 6, "Defect_4": [""] * 10,
+                          "split": ["train"] * 6 + ["val"] * 2 + ["test"] * 2})
+    split["has_defect"] = split["Defect_3"] != ""
+    assert loaders.cache_bytes(8, "binary", SIZE) == 8 * (64 * 320 * 3 + 4)
+    assert loaders.cache_bytes(3, "segmentation", SIZE, class_id=3) == 3 * 64 * 320 * 4
+    assert loaders.cache_bytes(3, "segmentation", SIZE) == loaders.cache_bytes(3, "masks", SIZE) == 3 * 64 * 320 * 7
+    need = loaders.cache_bytes(8, "binary", SIZE)  # train and val images of stage 1: 491,552 bytes
+    config = TrainConfig(image_size=SIZE)
+    monkeypatch.setattr(training.meter, "available_bytes", lambda: 2 * need)
+    assert training.cache_fits(split, "binary", config)  # exactly half the memory available: it fits
+    monkeypatch.setattr(training.meter, "available_bytes", lambda: 2 * need - 1)
+    with caplog.at_level("WARNING"):
+        assert not training.cache_fits(split, "binary", config, what="efficientnetb0/binary")
+    assert ("efficientnetb0/binary: the image cache would take 0.0 GiB (8 images at 64x320), more than 50 % of the "
+            "0.0 GiB available: it is off") in caplog.text
+    assert training.cache_fits(split, "binary", TrainConfig(image_size=SIZE, cache_max_share=None))  # --cache on
+    assert not training.cache_fits(split, "binary", TrainConfig(image_size=SIZE, cache=False))  # --cache off

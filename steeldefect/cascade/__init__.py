@@ -34,7 +34,7 @@ from .core import (
     predict,
     read_image,
 )
-from .evaluation import evaluate_cascade, evaluate_folder, validation_dice, validation_outputs
+from .evaluation import evaluate_cascade, evaluate_folder, validation_dice, validation_summary
 from .export import (
     EXPORT_FORMATS,
     EXPORT_OUTPUTS,
@@ -45,6 +45,7 @@ from .export import (
     TFLiteModel,
 )
 from .outputs import (
+    SubmissionWriter,
     iter_predict,
     overlay,
     overlay_figures,
@@ -56,8 +57,8 @@ from .outputs import (
 
 __all__ = [
     "ABSENT", "DECISION_CODES", "EMPTY", "EXPORT_FORMATS", "EXPORT_OUTPUTS", "GATINGS", "KEPT", "METADATA_FILE",
-    "NO_DEFECT", "SERVING_SIGNATURE", "TFLITE_PRECISIONS", "TTA_FLIPS", "Cascade", "CascadeError", "CascadeResult",
+    "NO_DEFECT", "SERVING_SIGNATURE", "SubmissionWriter", "TFLITE_PRECISIONS", "TTA_FLIPS", "Cascade", "CascadeError", "CascadeResult",
     "TFLiteCascade", "TFLiteModel", "default_cascade_path", "evaluate_cascade", "evaluate_folder",
     "iter_predict", "load_default", "main", "overlay", "overlay_figures", "predict", "predict_dir", "read_image", "submission_frame",
-    "true_masks", "validation_dice", "validation_outputs", "write_submission",
+    "true_masks", "validation_dice", "validation_summary", "write_submission",
 ]

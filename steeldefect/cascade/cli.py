@@ -18,7 +18,7 @@ from ..config import CLASS_IDS, TTA_CHOICES, tta_from_choice
 from .core import Cascade, default_cascade_path
 from .evaluation import evaluate_folder
 from .export import EXPORT_FORMATS, METADATA_FILE, SERVING_SIGNATURE, TFLITE_PRECISIONS
-from .outputs import iter_predict, overlay, submission_frame, write_submission
+from .outputs import SubmissionWriter, iter_predict, overlay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,23 +64,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], []
-    for path, result, error in tqdm(iter_predict(paths, cascade), total=len(paths), desc="predict", unit="img",
-                                    disable=len(paths) < 2):
-        if result is None:
-            print(f"error: {error}", file=sys.stderr)
-            failed.append(path.name)
-            continue
-        kept = ", ".join(f"class {c} ({result.areas[c]} px)" for c in result.classes) or "no defect"
-        print(f"{path.name}: defect p={result.defect_prob:.2f}; {kept}")
-        rows.extend((path.name, c, result.rles[c]) for c in CLASS_IDS)
-        if args.overlays:
-            picture = overlay(path, result.masks)
-            cv2.imwrite(str(args.overlays / f"{path.stem}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    if args.submission:
-        df = submission_frame(rows)
-        write_submission(df, args.submission)
-        print(f"submission: {args.submission} ({len(df)} rows, {len(df) // len(CLASS_IDS)} images)")
+    # The submission is written as the images are predicted (SubmissionWriter): memory stays flat over thousands of
+    # images, and the same command after a kill continues where it stopped.
+    writer = SubmissionWriter(args.submission) if args.submission else None
+    todo = paths
+    if writer is not None and writer.done:
+        done = set(writer.done)
+        todo = [p for p in paths if p.name not in done]
+        print(f"submission: continuing {writer.partial}: {len(paths) - len(todo)} of {len(paths)} images are in it, "
+              f"{len(todo)} to predict")
+    failed = []
+    try:
+        for path, result, error in tqdm(iter_predict(todo, cascade), total=len(todo), desc="predict", unit="img",
+                                        disable=len(todo) < 2):
+            if result is None:
+                print(f"error: {error}", file=sys.stderr)
+                failed.append(path.name)
+                continue
+            kept = ", ".join(f"class {c} ({result.areas[c]} px)" for c in result.classes) or "no defect"
+            print(f"{path.name}: defect p={result.defect_prob:.2f}; {kept}")
+            if writer is not None:
+                writer.add(path.name, result.rles)
+            if args.overlays:
+                picture = overlay(path, result.masks)
+                cv2.imwrite(str(args.overlays / f"{path.stem}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+            print(f"submission: stopped; {len(writer.done)} images are in {writer.partial}: the same command "
+                  "continues it", file=sys.stderr)
+        raise
+    if writer is not None:
+        written = writer.close()
+        print(f"submission: {written} ({len(writer.done) * len(CLASS_IDS)} rows, {len(writer.done)} images)")
     if failed:
         print(f"error: {len(failed)} of {len(paths)} images could not be read and were not predicted: "
               f"{', '.join(failed)}", file=sys.stderr)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from .. import data, loaders, metrics
+from .. import data, loaders, metrics, thresholds
 from ..config import CLASS_IDS
 from .core import Cascade
 
@@ -106,24 +106,30 @@ def _evaluation_dataset(cascade: Cascade, rows: pd.DataFrame, images_dir, batch_
     return dataset.map(lambda x, y: (x, tf.image.resize(y, cascade.image_size, method="nearest")))
 
 
-def validation_outputs(cascade: Cascade, table: pd.DataFrame, images_dir: str | Path, split: str = "val",
-                       batch_size: int = 16):
-    """Stage outputs and true masks (at the models' size) of one split, for ``thresholds.search_thresholds``."""
+def validation_summary(cascade: Cascade, table: pd.DataFrame, images_dir: str | Path, split: str = "val",
+                       batch_size: int = 16) -> thresholds.ValidationSummary:
+    """One split through the cascade's stages (every model on every image), streamed into a
+    ``thresholds.ValidationSummary``: what the threshold search and ``validation_dice`` need, without the masks
+    (its memory does not grow with the masks' size, and by under 400 bytes an image)."""
+    rule = cascade.rule(searched=False)
+    own = np.broadcast_to(np.asarray(rule["pixel_thresholds"], np.float64), (len(CLASS_IDS),))
+    summary = thresholds.ValidationSummary((*thresholds.PIXEL_CANDIDATES, *own))
     rows = table[table["split"] == split]
-    dataset = _evaluation_dataset(cascade, rows, images_dir, batch_size)
-    parts = [(*cascade.probabilities(x.numpy(), gating="none")[:3], y.numpy()) for x, y in dataset]
-    defect, class_probs, mask_probs, truth = (np.concatenate(p) for p in zip(*parts, strict=True))
-    return defect, class_probs, mask_probs.astype(np.float16), truth
+    for images, truth in _evaluation_dataset(cascade, rows, images_dir, batch_size):
+        defect, class_probs, mask_probs, _ = cascade.probabilities(images.numpy(), gating="none")
+        summary.add(defect, class_probs, mask_probs, truth.numpy())
+    return summary
 
 
-
-
-def validation_dice(cascade: Cascade, defect, class_probs, mask_probs, truth) -> dict:
-    """Kaggle mean Dice on the validation images (``validation_outputs``) of the paper's rule, of the searched
-    thresholds and of predicting every mask empty (the reference a cascade must beat): ``Cascade.validation``."""
+def validation_dice(cascade: Cascade, summary: thresholds.ValidationSummary) -> dict:
+    """Kaggle mean Dice on the summarised (validation) images of the paper's rule, of the searched thresholds (when
+    the cascade has them) and of predicting every mask empty (the reference a cascade must beat):
+    ``Cascade.validation``."""
     found = {}
     for name, searched in (("paper_rule", False), ("searched", True)):
-        masks, _, _ = cascade.decide(defect, class_probs, mask_probs.astype("float32"), searched=searched)
-        found[name] = float(metrics.kaggle_dice_per_pair(masks, truth).mean())
-    found["all_empty"] = float((~truth.any(axis=(1, 2))).mean())
+        rule = cascade.rule(searched=searched)
+        found[name] = float(summary.dice(
+            pixel_thresholds=rule["pixel_thresholds"], limits=rule["limits"], label_thresholds=rule["label_thresholds"],
+            binary_threshold=rule["binary_threshold"], gating=cascade.gating, area_filter=cascade.area_filter).mean())
+    found["all_empty"] = float(summary.empty_dice().mean())
     return found

@@ -4,7 +4,10 @@ the true masks of a table row to draw beside them.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -81,6 +84,92 @@ def predict_dir(images_dir: str | Path, cascade: Cascade | None = None, *, submi
     df = submission_frame(rows, submission_format or _submission_format(images_dir))
     df.attrs["skipped"] = skipped
     return df
+
+
+SUBMISSION_HEADERS = {"2020": ("ImageId", "EncodedPixels", "ClassId"), "2019": ("ImageId_ClassId", "EncodedPixels")}
+
+
+class SubmissionWriter:
+    """A Kaggle submission written while its images are predicted, so that thousands of images cost no more memory
+    than one and a killed run loses nothing done: each image's four rows are appended to ``<path>.partial`` and
+    flushed, and ``close`` renames it to ``path``. Opening a writer on a path whose ``.partial`` exists continues it:
+    ``done`` holds the images it has whole (a last image cut short is dropped and predicted again).
+
+    Example:
+        >>> with SubmissionWriter("submission.csv") as writer:
+        ...     for path, result, _ in iter_predict([p for p in paths if p.name not in writer.done]):
+        ...         writer.add(path.name, result.rles)
+    """
+
+    def __init__(self, path: str | Path, submission_format: str = "2020"):
+        if submission_format not in SUBMISSION_HEADERS:
+            raise ValueError(f"submission_format must be '2019' or '2020', got {submission_format!r}")
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.format = submission_format
+        self.done: list[str] = []
+        rows = self._rows_so_far() if self.partial.is_file() else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.partial, "w", newline="")  # rewritten with the whole images only  # noqa: SIM115
+        self._writer = csv.writer(self._handle, lineterminator="\n")
+        self._writer.writerow(SUBMISSION_HEADERS[submission_format])
+        self._writer.writerows(rows)
+        self._handle.flush()
+
+    def _rows_so_far(self) -> list[list[str]]:
+        """The rows of the whole images in the partial file (four a image, in class order)."""
+        text = self.partial.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line cut short by a kill has no end yet: it does not count
+        lines = list(csv.reader(io.StringIO(complete, newline="")))
+        if not lines or tuple(lines[0]) != SUBMISSION_HEADERS[self.format]:
+            raise ValueError(f"{self.partial} is not a {self.format} submission in progress (its header is "
+                             f"{','.join(lines[0]) if lines else 'missing'}): delete it or write elsewhere")
+        rows, kept = lines[1:], []
+        for start in range(0, len(rows) - len(CLASS_IDS) + 1, len(CLASS_IDS)):
+            group = rows[start : start + len(CLASS_IDS)]
+            if any(len(row) != len(SUBMISSION_HEADERS[self.format]) for row in group):
+                break
+            names = {self._image_of(row) for row in group}
+            if len(names) != 1 or [self._class_of(row) for row in group] != [str(c) for c in CLASS_IDS]:
+                break
+            kept.extend(group)
+            self.done.append(names.pop())
+        return kept
+
+    def _image_of(self, row: list[str]) -> str:
+        return row[0].rsplit("_", 1)[0] if self.format == "2019" else row[0]
+
+    def _class_of(self, row: list[str]) -> str:
+        return row[0].rsplit("_", 1)[-1] if self.format == "2019" else row[2]
+
+    def add(self, image_id: str, rles: dict[int, str]) -> None:
+        """An image's four rows (``CascadeResult.rles``), written and flushed."""
+        for class_id in CLASS_IDS:
+            if self.format == "2019":
+                self._writer.writerow((f"{image_id}_{class_id}", rles[class_id]))
+            else:
+                self._writer.writerow((image_id, rles[class_id], class_id))
+        self._handle.flush()
+        self.done.append(image_id)
+
+    def close(self) -> Path:
+        """Finish: the partial file becomes ``path`` (atomically)."""
+        self._handle.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abandon(self) -> None:
+        """Stop without finishing (an error, Ctrl-C): what was written stays in the partial file for the next run."""
+        self._handle.close()
+
+    def __enter__(self) -> SubmissionWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abandon()
 
 
 def write_submission(df: pd.DataFrame, path: str | Path) -> Path:
