@@ -262,7 +262,7 @@ def _train_and_report(args, run_dir: Path, profile, start: float, loaded=None, s
     if config["strategy"] != "default":
         print(f"strategy: {distribute.describe(config)}")
     jobs = runplan.jobs(config, table)
-    estimate = runplan.estimate_seconds(config, table)
+    estimate = runplan.estimate_seconds(config, table, jobs)
     print(f"estimate: {runplan.about(estimate['total'])} on a 2-core CPU for these settings and images (the stages "
           f"{runplan.about(estimate['training'])}, the cascade {runplan.about(estimate['cascade'])}); a GPU takes a "
           "fraction of it", flush=True)
@@ -349,8 +349,8 @@ def _finish(state: RunState, jobs: list[Job], trained: int, *, tta: str | None, 
     final_start = time.time()
     phases: dict = {}  # meter.phase: each phase after training, its time, images/s and own peak memory
     evaluation = _build_cascade(state, tta=tta, phases=phases)
-    names = [f"{j.backbone}/{j.stage}" for j in jobs]
-    stage_times = {n: training.stage_seconds(state.run_dir, j.backbone, j.stage) for n, j in zip(names, jobs, strict=True)}
+    timings = {f"{j.backbone}/{j.stage}": training.stage_timing(state.run_dir, j.backbone, j.stage) or {} for j in jobs}
+    stage_times = {name: found.get("seconds") for name, found in timings.items()}
     final = time.time() - final_start
     total = sum(v for v in stage_times.values() if v is not None) + final
     timing = {
@@ -360,8 +360,7 @@ def _finish(state: RunState, jobs: list[Job], trained: int, *, tta: str | None, 
         "this_process_s": time.time() - state.start,
         "stages_trained": trained,  # by this process
         # each stage's peak resident memory, training and evaluating it (None: not recorded)
-        "stages_peak_rss_gib": {n: training.stage_peak_gib(state.run_dir, j.backbone, j.stage)
-                                for n, j in zip(names, jobs, strict=True)},
+        "stages_peak_rss_gib": {name: found.get("peak_rss_gib") for name, found in timings.items()},
         "phases": phases,
         "estimate_s": estimate,  # what the run said it would take before training (runplan.estimate_seconds)
     }

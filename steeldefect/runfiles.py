@@ -102,8 +102,7 @@ def is_done(run_dir: str | Path, backbone: str, stage: str) -> bool:
 
 def stage_metrics(run_dir: str | Path, backbone: str, stage: str) -> dict | None:
     """A stage's ``metrics.json``, or None when the stage has none yet."""
-    path = stage_dir(run_dir, backbone, stage) / METRICS_FILE
-    return read_json(path) if path.is_file() else None
+    return read_optional_json(stage_dir(run_dir, backbone, stage) / METRICS_FILE)
 
 
 def record_latest(run_dir: str | Path) -> Path:

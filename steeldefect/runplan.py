@@ -97,10 +97,11 @@ def about(seconds: float) -> str:
     return f"about {minutes} min" if minutes < 120 else f"about {minutes // 60} h {minutes % 60} min"
 
 
-def estimate_seconds(config: dict, table) -> dict[str, float]:
+def estimate_seconds(config: dict, table, planned: list[Job] | None = None) -> dict[str, float]:
     """How long the run will take on this kind of machine (2 cores): ``training`` (every stage, with its
-    evaluation), ``cascade`` (threshold search and test evaluation) and ``total``, in seconds."""
-    training_s = sum(job.work for job in jobs(config, table))
+    evaluation), ``cascade`` (threshold search and test evaluation) and ``total``, in seconds. ``planned``: the
+    run's ``jobs``, when they are already made."""
+    training_s = sum(job.work for job in (jobs(config, table) if planned is None else planned))
     split = table["split"]
     cascade_s = cascade_seconds_estimate(config, int((split == "val").sum()), int((split == "test").sum()))
     return {"training": training_s, "cascade": cascade_s, "total": training_s + cascade_s}
@@ -297,17 +298,15 @@ def data_plan(table, stages, *, moved=(), bad_images=None) -> dict:
 
 def jobs(config: dict, table) -> list[Job]:
     """Every stage to train, in order (backbones, then stages)."""
-    from . import loaders, training
-    from .training import stage_task
+    from . import training
 
+    counts = {stage: training.stage_counts(table, stage) for stage in config["stages"]}  # the same for every backbone
     found = []
     for backbone in config["backbones"]:
         for stage in config["stages"]:
-            task, class_id = stage_task(stage)
-            n_train = len(loaders.select_rows(table[table["split"] == "train"], task, class_id))
             settings = train_config(config, stage)
-            seconds = stage_seconds_estimate(backbone, stage, training.stage_counts(table, stage), settings)
-            found.append(Job(backbone, stage, n_train, settings, stage_kind(stage), seconds))
+            seconds = stage_seconds_estimate(backbone, stage, counts[stage], settings)
+            found.append(Job(backbone, stage, counts[stage]["train"], settings, stage_kind(stage), seconds))
     return found
 
 

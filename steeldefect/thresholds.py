@@ -240,9 +240,12 @@ class ValidationSummary:
         return sum(len(part[0]) for part in self._parts)
 
     def _arrays(self):
+        """``(defect, class_probs, present, areas, dice)`` of every image so far (the batches joined once)."""
         if not self._parts:
             raise ValueError("the summary holds no image: add batches first")
-        return [np.concatenate(column) for column in zip(*self._parts, strict=True)]
+        if len(self._parts) > 1:
+            self._parts = [tuple(np.concatenate(column) for column in zip(*self._parts, strict=True))]
+        return self._parts[0]
 
     def _index(self, pixel: float) -> int:
         try:
@@ -259,20 +262,20 @@ class ValidationSummary:
              gating: str = "paper", area_filter: bool = True) -> np.ndarray:
         """``(n, 4)``: each (image, class) pair's Dice under a rule (``decide``'s keywords; ``pixel_thresholds``
         one for every class or one per class, each a summarised one): the Dice of ``cascade_masks``' masks."""
-        defect, class_probs, present, areas, dice = self._arrays()
+        defect, class_probs, _, areas, dice = self._arrays()
         pixels = np.broadcast_to(np.asarray(pixel_thresholds, np.float64), (len(CLASS_IDS),))
         columns = [self._index(p) for p in pixels]
         classes = np.arange(len(CLASS_IDS))
         codes = decide(defect, class_probs, areas[:, columns, classes], mask_shape=self.mask_shape, limits=limits,
                        label_thresholds=label_thresholds, binary_threshold=binary_threshold, gating=gating,
                        area_filter=area_filter)
-        return np.where(codes == KEPT, dice[:, columns, classes], np.where(present, 0.0, 1.0))
+        return np.where(codes == KEPT, dice[:, columns, classes], self.empty_dice())
 
     def search(self, *, binary_threshold: float = 0.5, label_thresholds: Iterable[float] = LABEL_CANDIDATES,
                min_areas: Iterable[int] = AREA_CANDIDATES) -> dict[int, dict[str, float]]:
         """``search_thresholds`` on the summarised images (its Returns)."""
-        defect, class_probs, present, areas, dice = self._arrays()
-        dice_if_empty = np.where(present, 0.0, 1.0)
+        defect, class_probs, _, areas, dice = self._arrays()
+        dice_if_empty = self.empty_dice()
         never = dice_if_empty.mean(axis=0)
         best: dict[int, dict] = {c: {"label_threshold": NEVER, "pixel_threshold": 0.5, "min_area": 0,
                                      "dice": float(never[k])} for k, c in enumerate(CLASS_IDS)}

@@ -82,17 +82,16 @@ def is_trained(run_dir: str | Path, backbone: str, stage: str) -> bool:
     return (runfiles.stage_dir(run_dir, backbone, stage) / models.SPEC_FILE).is_file()
 
 
+def stage_timing(run_dir: str | Path, backbone: str, stage: str) -> dict | None:
+    """A stage's ``timing.json`` (``StageClock``: seconds and peak memory over its attempts); None when not recorded
+    (a stage trained by a version of this package that did not time stages)."""
+    return runfiles.read_optional_json(runfiles.stage_dir(run_dir, backbone, stage) / runfiles.TIMING_FILE)
+
+
 def stage_seconds(run_dir: str | Path, backbone: str, stage: str) -> float | None:
-    """Wall time spent training and evaluating a stage, summed over its attempts (``StageClock``); None when not
-    recorded (a stage trained by a version of this package that did not time stages)."""
-    path = runfiles.stage_dir(run_dir, backbone, stage) / runfiles.TIMING_FILE
-    return float(runfiles.read_json(path)["seconds"]) if path.is_file() else None
-
-
-def stage_peak_gib(run_dir: str | Path, backbone: str, stage: str) -> float | None:
-    """A stage's peak memory in GiB (``StageClock``); None when not recorded."""
-    found = runfiles.read_optional_json(runfiles.stage_dir(run_dir, backbone, stage) / runfiles.TIMING_FILE)
-    return None if found is None else found.get("peak_rss_gib")
+    """Wall time spent training and evaluating a stage, summed over its attempts; None when not recorded."""
+    found = stage_timing(run_dir, backbone, stage)
+    return None if found is None else float(found["seconds"])
 
 
 class StageClock:
@@ -108,7 +107,7 @@ class StageClock:
 
     def __init__(self, directory: Path):
         self.path = directory / runfiles.TIMING_FILE
-        before = runfiles.read_json(self.path) if self.path.is_file() else {"seconds": 0.0, "attempts": 0}
+        before = runfiles.read_optional_json(self.path) or {"seconds": 0.0, "attempts": 0}
         self.before = float(before["seconds"])
         self.attempt = int(before["attempts"]) + 1
         self.peak_before = before.get("peak_rss_gib")  # the largest of the earlier attempts

@@ -49,15 +49,28 @@ def iter_predict(paths: Sequence[str | Path], cascade: Cascade | None = None, *,
             yield path, result, None
 
 
+# A Kaggle submission's columns, by release; _submission_row makes a row of them.
+SUBMISSION_HEADERS = {"2020": ("ImageId", "EncodedPixels", "ClassId"), "2019": ("ImageId_ClassId", "EncodedPixels")}
+
+
+def _check_submission_format(submission_format: str) -> str:
+    if submission_format not in SUBMISSION_HEADERS:
+        raise ValueError(f"submission_format must be '2019' or '2020', got {submission_format!r}")
+    return submission_format
+
+
+def _submission_row(submission_format: str, image_id: str, class_id: int, pixels: str) -> tuple:
+    if submission_format == "2019":
+        return f"{image_id}_{class_id}", pixels
+    return image_id, pixels, class_id
+
+
 def submission_frame(rows: Sequence[tuple[str, int, str]], submission_format: str = "2020") -> pd.DataFrame:
     """``(ImageId, ClassId, EncodedPixels)`` rows → a Kaggle submission: 2020 ``ImageId,EncodedPixels,ClassId`` or
     2019 ``ImageId_ClassId,EncodedPixels``."""
-    if submission_format == "2019":
-        return pd.DataFrame({"ImageId_ClassId": [f"{n}_{c}" for n, c, _ in rows],
-                             "EncodedPixels": [r for _, _, r in rows]})
-    if submission_format != "2020":
-        raise ValueError(f"submission_format must be '2019' or '2020', got {submission_format!r}")
-    return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])[["ImageId", "EncodedPixels", "ClassId"]]
+    _check_submission_format(submission_format)
+    return pd.DataFrame([_submission_row(submission_format, *row) for row in rows],
+                        columns=list(SUBMISSION_HEADERS[submission_format]))
 
 
 def predict_dir(images_dir: str | Path, cascade: Cascade | None = None, *, submission_format: str | None = None,
@@ -86,9 +99,6 @@ def predict_dir(images_dir: str | Path, cascade: Cascade | None = None, *, submi
     return df
 
 
-SUBMISSION_HEADERS = {"2020": ("ImageId", "EncodedPixels", "ClassId"), "2019": ("ImageId_ClassId", "EncodedPixels")}
-
-
 class SubmissionWriter:
     """A Kaggle submission written while its images are predicted, so that thousands of images cost no more memory
     than one and a killed run loses nothing done: each image's four rows are appended to ``<path>.partial`` and
@@ -102,8 +112,7 @@ class SubmissionWriter:
     """
 
     def __init__(self, path: str | Path, submission_format: str = "2020"):
-        if submission_format not in SUBMISSION_HEADERS:
-            raise ValueError(f"submission_format must be '2019' or '2020', got {submission_format!r}")
+        _check_submission_format(submission_format)
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.format = submission_format
@@ -144,11 +153,7 @@ class SubmissionWriter:
 
     def add(self, image_id: str, rles: dict[int, str]) -> None:
         """An image's four rows (``CascadeResult.rles``), written and flushed."""
-        for class_id in CLASS_IDS:
-            if self.format == "2019":
-                self._writer.writerow((f"{image_id}_{class_id}", rles[class_id]))
-            else:
-                self._writer.writerow((image_id, rles[class_id], class_id))
+        self._writer.writerows(_submission_row(self.format, image_id, c, rles[c]) for c in CLASS_IDS)
         self._handle.flush()
         self.done.append(image_id)
 
