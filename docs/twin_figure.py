@@ -1,8 +1,8 @@
 """Draw docs/twin.png: the synthetic twin's families of steel and its four defect classes, masks outlined.
 
 Run: ``python docs/twin_figure.py [OUT] [--seed N]`` (default ``docs/twin.png``, seed 0). Twin images only: the
-first defect-free image of each background family and the first image of each class alone, from the twin's own plans
-(``synthetic.iter_plans``), each at half size with its family, distractors and classes written on it.
+first defect-free image of each background family and the first image of each class (and each kind of class-3
+mark) alone, from the twin's own plans (``synthetic.iter_plans``), each at half size with its family, distractors and classes written on it.
 """
 
 from __future__ import annotations
@@ -36,21 +36,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     families: dict[str, synthetic.ImagePlan] = {}
-    classes: dict[int, synthetic.ImagePlan] = {}
+    kinds = [(c, kind) for c in sorted(synthetic.KINDS) for kind in synthetic.KINDS[c]]
+    classes: dict[tuple[int, str], synthetic.ImagePlan] = {}
     for plan in synthetic.iter_plans(2000, seed=args.seed):
         if not plan.masks and plan.family not in families:
             families[plan.family] = plan
-        if len(plan.masks) == 1 and next(iter(plan.masks)) not in classes:
-            classes[next(iter(plan.masks))] = plan
-        if len(families) == len(synthetic.FAMILIES) and len(classes) == 4:
+        if len(plan.masks) == 1:
+            class_id = next(iter(plan.masks))
+            classes.setdefault((class_id, plan.looks[class_id]["kind"]), plan)
+        if len(families) == len(synthetic.FAMILIES) and len(classes) == len(kinds):
             break
     panels = []
     for name in synthetic.FAMILIES:
         plan = families[name]
         extra = f" + {', '.join(plan.distractors)}" if plan.distractors else ""
         panels.append(_panel(plan, f"defect-free: {name}{extra}"))
-    for class_id in sorted(classes):
-        plan = classes[class_id]
+    for class_id, kind in kinds:
+        plan = classes[class_id, kind]
         look = plan.looks[class_id]
         panels.append(_panel(plan, f"class {class_id} ({look['kind']}, {look['blend']}) on {plan.family}"))
     cv2.imwrite(str(args.out), np.vstack(panels))

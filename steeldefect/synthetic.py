@@ -6,20 +6,21 @@ twin: ``train.csv`` (2020 format), ``train_images/*.jpg`` (256x1600 grayscale st
 data. The twin follows the paper's statistics (Section 3.1, 3.5): the share of defect-free images, images with
 1/2/3 classes, rows per class and per-class mask areas.
 
-Version 4 is built to teach: a model trained on it alone should find defects in real steel (judged by transfer,
+Versions 4 and 5 are built to teach: a model trained on it alone should find defects in real steel (judged by transfer,
 ``benchmarks/bench_transfer.py``; ``realism.compare`` holds its summary statistics to real steel's as diagnostics).
 It follows what the literature found to transfer (DESIGN.md, "Real data and the twin"):
 
 - the steel comes in families, sampled broadly and independently of the defects: a plain lit strip with gradients,
-  patchy light and fine vertical streaks; mottled stains and drips; rough or speckled surfaces; embossed plates
+  patchy light, fine vertical streaks and a crisp grain along the rows (v5: real steel is sharp at the pixel scale); mottled stains and drips; rough or speckled surfaces; embossed plates
   (diamond grooves); scaled, flaking surfaces; strong vertical streaks. Distractors that real labels call
   defect-free (bright water spots, dark smears, specks, thin faint lines, glare, ripples) lie on defect-free and
   defective images alike; 30 % of the images have a black unlit strip at one side;
 - the masks are drawn as annotators drew them, as polygons and boxes: class 1 clusters of small polygons around
   pits; class 2 thin boxes around short vertical scratches; class 3 boxes around vertical scratch strips (often the
   full height) or polygons around groups of flecks; class 4 large irregular polygons;
-- each defect replaces the steel's texture inside its mask (or is added to it), with crisp edges: grooves with a
-  bright and a dark flank, bright flecks with shadows, pits with a lit rim, rough scaled relief; blended at a
+- each defect replaces the steel's texture inside its mask (or is added to it), with crisp edges: class-3 strips
+  as bundles of thin bright and dark scratch lines with glints (v5; v4 drew a smooth trough), class-2 grooves with a
+  bright and a dark flank, bright flecks with shadows over a rough ground, pits with a lit rim, rough scaled relief; blended at a
   random opacity, its mean set against the ring of steel around it. Pixels change only inside the masks.
 
 No real pixel, patch or texture sample is in the generator: only numbers measured on real steel (grey levels,
@@ -46,7 +47,7 @@ from .realism import UNLIT_LEVEL
 
 log = logging.getLogger(__name__)
 
-TWIN_VERSION = 4  # bump when the generator's output changes, so that stale folders are regenerated
+TWIN_VERSION = 5  # bump when the generator's output changes, so that stale folders are regenerated
 MARKER = "twin.json"
 
 # Images per class combination: consistent with every count the paper gives (5,902 defect-free; 6,239 / 425 / 2
@@ -366,8 +367,10 @@ def _water(rng: np.random.Generator, image: np.ndarray, steel) -> None:
         window = _hann(size)
         spots = cv2.GaussianBlur(((field + 1.5 * window) > rng.uniform(1.2, 2.0)).astype(np.float32), (0, 0), 0.7)
         target = np.float32(rng.uniform(200, 255))
+        sheen = np.clip(0.8 + 0.35 * cv2.GaussianBlur(rng.standard_normal(size).astype(np.float32), (0, 0), 1.0),
+                        0.3, 1.0)  # a wet spot is uneven, not a flat white
         region = image[rows, cols]
-        region += spots * np.float32(rng.uniform(0.6, 1.0)) * (target - region)
+        region += spots * sheen * np.float32(rng.uniform(0.6, 1.0)) * (target - region)
 
 
 def _smear(rng: np.random.Generator, image: np.ndarray, steel) -> None:
@@ -418,6 +421,15 @@ _DISTRACTOR_LOOKS = {"water": _water, "smear": _smear, "specks": _specks, "lines
                      "ripples": _ripples}
 
 
+def _grain(rng: np.random.Generator) -> np.ndarray:
+    """The steel's fine grain: crisp short dashes along the rows (rolling marks) and specks, over the whole strip
+    (real steel is sharp at the pixel scale; smooth shading alone reads as a blur)."""
+    noise = rng.standard_normal(IMAGE_SHAPE, dtype=np.float32)
+    grain = cv2.GaussianBlur(noise, (0, 0), sigmaX=rng.uniform(0.4, 1.2), sigmaY=rng.uniform(0.3, 0.5))
+    patchy = np.clip(1 + 0.6 * _smooth(rng, (4, 20), IMAGE_SHAPE), 0.2, None)
+    return grain * patchy * np.float32(rng.uniform(3, 9) / max(float(grain.std()), 1e-6))
+
+
 def _background(rng: np.random.Generator, steel: tuple[int, int], family: str,
                 distractors: tuple[str, ...]) -> np.ndarray:
     """Steel of one family with its distractors: a lit strip (level, gradients, patchy light, fine vertical
@@ -425,12 +437,12 @@ def _background(rng: np.random.Generator, steel: tuple[int, int], family: str,
     height, width = IMAGE_SHAPE
     level = float(np.clip(rng.normal(*STEEL_LEVEL), 45, 160))
     ramp = np.linspace(-1, 1, width, dtype=np.float32)[None, :] * np.float32(rng.uniform(-35, 35))
-    light = _smooth(rng, (int(rng.integers(2, 5)), int(rng.integers(4, 16))), IMAGE_SHAPE) * np.float32(
+    light = _smooth(rng, (int(rng.integers(2, 4)), int(rng.integers(3, 10))), IMAGE_SHAPE) * np.float32(
         rng.uniform(8, 32))
     columns = cv2.GaussianBlur(rng.standard_normal((1, width)).astype(np.float32), (0, 0), rng.uniform(0.5, 2.0))
-    columns *= np.float32(rng.uniform(1.5, 6) / max(float(columns.std()), 1e-6))
+    columns *= np.float32(rng.uniform(1.0, 3.5) / max(float(columns.std()), 1e-6))
     image = level + ramp + light + columns * (1 + 0.5 * _smooth(rng, (3, width // 50), IMAGE_SHAPE))
-    image += rng.standard_normal(IMAGE_SHAPE, dtype=np.float32) * np.float32(rng.uniform(3, 8))
+    image += _grain(rng) + rng.standard_normal(IMAGE_SHAPE, dtype=np.float32) * np.float32(rng.uniform(2, 5))
     look = _FAMILY_LOOKS[family]
     if look is not None:
         image += look(rng)
@@ -462,7 +474,7 @@ def _content_pits(rng, mask, look):
 
 
 def _groove(rng, mask, look):
-    """Classes 2 and 3 (strips): a groove along the box, with a bright and a dark flank, streaks along it."""
+    """Class 2: a groove along the box, with a bright and a dark flank, streaks along it."""
     distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     core = np.clip(distance / max(float(distance.max()) * rng.uniform(0.3, 0.8), 1.0), 0, 1)
     height, width = mask.shape
@@ -470,6 +482,28 @@ def _groove(rng, mask, look):
     texture = (look["polarity"] * core + 0.8 * _shade(cv2.GaussianBlur(core, (0, 0), 1.0), look["light"])
                + 0.5 * streaks * core)
     return texture, np.clip(core * rng.uniform(1.5, 4.0), 0, 1)
+
+
+def _scratches(rng, mask, look):
+    """Class 3 (strips): a bundle of thin scratch lines along the box, bright and dark, of different lengths, with
+    bright glints, over a rougher ground (the grooves of real class-3 strips are crisp lines, not a smooth trough)."""
+    height, width = mask.shape
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    lines = np.zeros(mask.shape, np.float32)
+    for _ in range(max(2, round((x1 - x0 + 1) / rng.uniform(3, 9)))):
+        x, top = rng.uniform(x0, x1 + 1), rng.uniform(y0 - 0.3 * (y1 - y0), y1)
+        length = (y1 - y0 + 1) * rng.uniform(0.3, 1.2)
+        lean = length * rng.normal(0, 0.03)
+        cv2.line(lines, (round(x), round(top)), (round(x + lean), round(top + length)),
+                 float(rng.choice([-1.0, 1.0], p=[0.4, 0.6]) * rng.uniform(0.4, 1.0)), int(rng.integers(1, 3)))
+    glints = np.zeros(mask.shape, np.float32)
+    for k in rng.choice(ys.size, size=min(ys.size, int(rng.integers(0, 2 + ys.size // 400))), replace=False):
+        axes = (int(rng.integers(1, 4)), int(rng.integers(2, 14)))
+        cv2.ellipse(glints, (int(xs[k]), int(ys[k])), axes, float(rng.normal(0, 10)), 0, 360, 1.0, -1)
+    ground = _fractal(rng, mask.shape, (max(2, height // 10), max(2, width // 4)), octaves=2)
+    texture = lines + 1.5 * glints + 0.3 * ground
+    return texture, cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
 
 
 def _flecks(rng, mask, look):
@@ -481,7 +515,7 @@ def _flecks(rng, mask, look):
         axes = (int(rng.integers(2, 12)), int(rng.integers(1, 3)))
         cv2.ellipse(marks, (int(xs[k]), int(ys[k])), axes, float(rng.normal(0, 25)), 0, 360, 1.0, -1)
     ground = _fractal(rng, mask.shape, (max(2, height // 12), max(2, width // 12)), octaves=2)
-    texture = 1.2 * marks + 0.8 * _shade(cv2.GaussianBlur(marks, (0, 0), 1.0), look["light"]) + 0.25 * ground
+    texture = 1.6 * marks + 0.6 * _shade(cv2.GaussianBlur(marks, (0, 0), 1.0), look["light"]) + 0.5 * ground
     cover = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
     return texture, cover
 
@@ -502,8 +536,10 @@ def _scale(rng, mask, look):
 def _content(rng, class_id: int, kind: str, mask, look):
     if class_id == 1:
         return _content_pits(rng, mask, look)
-    if class_id == 2 or kind == "strips":
+    if class_id == 2:
         return _groove(rng, mask, look)
+    if kind == "strips":
+        return _scratches(rng, mask, look)
     if class_id == 3:
         return _flecks(rng, mask, look)
     return _scale(rng, mask, look)

@@ -210,3 +210,31 @@ def test_defect_contrast_scales_the_defects_only(tmp_path):
     assert json.loads((root / "twin.json").read_text())["defect_contrast"] == 2.5
     with pytest.raises(ValueError, match="defect_contrast must be > 0, got 0"):
         synthetic.make_synthetic_severstal(tmp_path / "none", 3, defect_contrast=0)
+
+
+def test_the_steel_is_grainy_along_the_rows():
+    """The steel's grain is crisp at the pixel scale and runs along the rows (short dashes, as rolling leaves them):
+    neighbours along a row are alike, neighbours across rows are not."""
+    for seed in range(5):
+        grain = synthetic._grain(np.random.default_rng(seed))
+        assert grain.shape == (256, 1600) and grain.dtype == np.float32
+        along = np.corrcoef(grain[:, :-1].ravel(), grain[:, 1:].ravel())[0, 1]
+        across = np.corrcoef(grain[:-1, :].ravel(), grain[1:, :].ravel())[0, 1]
+        assert along > 0.3 and across < along - 0.1, (seed, along, across)
+        assert 2 < grain.std() < 12, seed  # grey levels
+
+
+def test_class3_strips_are_bundles_of_thin_lines_along_the_box():
+    """A class-3 strip is drawn as thin scratch lines along its box (plus glints), not as a smooth trough: inside a
+    tall box the texture changes far more across the columns than along them, and it reaches the box's ends."""
+    mask = np.zeros((256, 200), bool)
+    mask[10:250, 80:120] = True
+    look = {"polarity": -1.0, "light": 45.0}
+    texture, cover = synthetic._scratches(np.random.default_rng(4), mask, look)
+    assert texture.shape == cover.shape == mask.shape and texture.dtype == cover.dtype == np.float32
+    inside = texture[20:240, 85:115]
+    across = np.abs(np.diff(inside, axis=1)).mean()
+    along = np.abs(np.diff(inside, axis=0)).mean()
+    assert across > 2 * along, (across, along)
+    assert not cover[~mask].any() and cover[mask].mean() > 0.8
+    assert np.abs(texture[15:40, 85:115]).max() > 0.3 and np.abs(texture[220:245, 85:115]).max() > 0.3
