@@ -6,8 +6,9 @@ Run: ``python benchmarks/bench_loaders.py``. Target: loader >= 0.8x the bare dec
 
 ``--paper``: instead, each stage's training dataset at the paper profile's sizes with the source augmentation
 (classifiers 256x512, batch 8; UNets 256x800, batch 4; no cache, as a first epoch reads them), on one CPU core
-(tf.data's private thread pool of one thread) and on all of this machine's, and what that means for one GPU: the
-cores it takes to feed 150 UNet images/s.
+(tf.data's private thread pool of one thread) and on all of this machine's, against the same dataset without
+augmentation (the baseline: what the augmentation costs), and what that means for one GPU: the cores it takes to
+feed 150 UNet images/s.
 """
 
 from __future__ import annotations
@@ -56,19 +57,23 @@ def paper_stages(n_images: int = 64) -> None:
         for name, (task, class_id, size, batch) in stages.items():
             rows = loaders.select_rows(table, task, class_id)
             rates = {}
-            for threads in (1, cores):
-                def dataset(threads=threads, rows=rows, task=task, class_id=class_id, size=size, batch=batch):
+            for threads, augment in ((1, True), (cores, True), (cores, False)):
+                def dataset(threads=threads, augment=augment, rows=rows, task=task, class_id=class_id, size=size,
+                            batch=batch):
                     found = loaders.make_dataset(rows, root / "train_images", task, class_id=class_id, image_size=size,
-                                                 batch_size=batch, shuffle=True, augment=True, augmentation="source")
+                                                 batch_size=batch, shuffle=True, augment=augment,
+                                                 augmentation="source")
                     options = tf.data.Options()
                     options.threading.private_threadpool_size = threads
                     options.threading.max_intra_op_parallelism = 1
                     return found.with_options(options)
-                rates[threads] = images_per_second(dataset, len(rows) // batch * batch)
-            line = f"{name}: {rates[1]:.1f} images/s on one core, {rates[cores]:.1f} on {cores}"
+                rates[threads, augment] = images_per_second(dataset, len(rows) // batch * batch)
+            plain = rates[cores, False]
+            line = (f"{name}: {rates[1, True]:.1f} images/s on one core, {rates[cores, True]:.1f} on {cores}; "
+                    f"{rates[cores, True] / plain:.2f}x the same dataset without augmentation ({plain:.1f})")
             if task == "segmentation":
                 line += (f"; feeding {GPU_UNET_IMAGES_PER_S} UNet images/s takes "
-                         f"{math.ceil(GPU_UNET_IMAGES_PER_S / rates[1])} cores at this rate")
+                         f"{math.ceil(GPU_UNET_IMAGES_PER_S / rates[1, True])} cores at this rate")
             print(line, flush=True)
 
 

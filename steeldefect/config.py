@@ -99,8 +99,8 @@ class TrainConfig:
     # same but at least 1 (training.stage_pos_weight).
     multilabel_pos_weight: str | None = None
     augment: bool = True
-    # "ours": random flips of image and mask, brightness and contrast of the image; "source": the source pipeline's,
-    # built from Keras preprocessing layers (loaders.AUGMENTATIONS)
+    # "ours": random flips of image and mask, brightness and contrast of the image; "source": the source pipeline's
+    # (loaders.source_augmentation; loaders.AUGMENTATIONS)
     augmentation: str = "ours"
     cache: bool = True  # keep decoded, resized images in memory between epochs (when they fit: cache_max_share)
     # The cache is kept only when it fits in this share of the memory available as the stage starts (sized before it

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -92,46 +91,111 @@ def _augment(image, target, *, segmentation: bool):
     return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8), target
 
 
-def source_augmentation(segmentation: bool, seed: int = 0):
-    """The source pipeline's augmentation (``shared/paper/source-pipeline.md``) from Keras preprocessing layers, as a
-    function of a batch ``(uint8 images, target)``; each image of the batch draws its own transform.
+def _matrices(rows) -> tf.Tensor:
+    """A batch of 3x3 matrices ``(n, 3, 3)`` from rows of per-image values (tensors of shape ``(n,)`` or numbers)."""
+    n = next(tf.shape(v)[0] for row in rows for v in row if isinstance(v, tf.Tensor))
+    def entry(v):
+        return v if isinstance(v, tf.Tensor) else tf.fill([n], tf.constant(v, tf.float32))
+    return tf.stack([tf.stack([entry(v) for v in row], axis=-1) for row in rows], axis=-2)
 
-    Classifiers (Keras' ImageDataGenerator there): shear 0.2 degrees, zoom ±5 %, rotation ±5°, shifts up to 20 % of
-    width and height, horizontal and vertical flips, every batch. UNets: with probability 0.65 per batch, shifts up
-    to 50 px horizontally and 25 px vertically (at 256x800: fractions of the width and height), zoom in up to 10 %
-    ("zoom 0.9") and flips, each part on with probability 0.5, image and mask together; masks stay 0/1 (the layers
-    move them with nearest-neighbour sampling). Edges are filled with the nearest pixel (ImageDataGenerator's
-    default; our choice for the UNets, where the source does not say).
+
+def _warp_vectors(matrices: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """TensorFlow's projective-transform vectors ``(n, 8)`` for ``matrices`` that map each output pixel to the input
+    pixel it is read from, in (row, column) coordinates about the image centre (as ImageDataGenerator's)."""
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    to_centre = tf.constant([[1, 0, cy], [0, 1, cx], [0, 0, 1]], tf.float32)
+    from_centre = tf.constant([[1, 0, -cy], [0, 1, -cx], [0, 0, 1]], tf.float32)
+    m = to_centre @ matrices @ from_centre
+    zeros = tf.zeros_like(m[:, 0, 0])
+    # TensorFlow's (x, y) are (column, row): x_in = m11 x + m10 y + m12, y_in = m01 x + m00 y + m02
+    return tf.stack([m[:, 1, 1], m[:, 1, 0], m[:, 1, 2], m[:, 0, 1], m[:, 0, 0], m[:, 0, 2], zeros, zeros], axis=1)
+
+
+def _warp(images: tf.Tensor, vectors: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Every image of a float32 batch through its own transform; edges filled with the nearest pixel."""
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=vectors, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation=interpolation, fill_mode="NEAREST")
+
+
+def _classifier_transforms(seed: tf.Tensor, n, height: int, width: int) -> tf.Tensor:
+    """The classifiers' transforms, as ImageDataGenerator draws and composes them (one affine transform per image:
+    rotation, shift, shear, zoom, then the flips): rotation ±5°, shifts up to 20 % of the height and of the width,
+    shear 0.2 degrees, zoom 0.95-1.05 along each axis, horizontal and vertical flips with probability 0.5."""
+    keys = tf.random.experimental.stateless_split(seed, num=8)
+
+    def uniform(k, low, high):
+        return tf.random.stateless_uniform([n], seed=keys[k], minval=low, maxval=high)
+
+    def flip(k):
+        return tf.where(uniform(k, 0.0, 1.0) < 0.5, -1.0, 1.0)
+
+    theta = uniform(0, -math.radians(5), math.radians(5))
+    shear = uniform(1, -math.radians(0.2), math.radians(0.2))
+    shift_rows, shift_cols = uniform(2, -0.2, 0.2) * height, uniform(3, -0.2, 0.2) * width
+    zoom_rows, zoom_cols = uniform(4, 0.95, 1.05), uniform(5, 0.95, 1.05)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    rotation = _matrices([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    shift = _matrices([[1.0, 0.0, shift_rows], [0.0, 1.0, shift_cols], [0.0, 0.0, 1.0]])
+    shearing = _matrices([[1.0, -tf.sin(shear), 0.0], [0.0, tf.cos(shear), 0.0], [0.0, 0.0, 1.0]])
+    zoom = _matrices([[zoom_rows, 0.0, 0.0], [0.0, zoom_cols, 0.0], [0.0, 0.0, 1.0]])
+    flips = _matrices([[flip(6), 0.0, 0.0], [0.0, flip(7), 0.0], [0.0, 0.0, 1.0]])
+    return _warp_vectors(rotation @ shift @ shearing @ zoom @ flips, height, width)
+
+
+def _segmentation_transforms(seed: tf.Tensor, n, height: int, width: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The UNets' transforms: with probability 0.65 per batch, each part on with probability 0.5 per batch: shifts up
+    to 25 px vertically and 50 px horizontally (at 256x800; fractions of the height and width), zoom in up to 10 %
+    (the same along both axes), horizontal and vertical flips (each image with probability 0.5). Also whether any
+    part is on (a batch with none is left as it is)."""
+    keys = tf.random.experimental.stateless_split(seed, num=10)
+
+    def uniform(k, low, high, shape=None):
+        return tf.random.stateless_uniform([n] if shape is None else shape, seed=keys[k], minval=low, maxval=high)
+
+    on = uniform(0, 0.0, 1.0, []) < 0.65
+    parts = [tf.logical_and(on, uniform(1 + k, 0.0, 1.0, []) < 0.5) for k in range(4)]
+    shift_rows = tf.where(parts[0], uniform(5, -25 / 256, 25 / 256) * height, 0.0)
+    shift_cols = tf.where(parts[0], uniform(6, -50 / 800, 50 / 800) * width, 0.0)
+    zoom = tf.where(parts[1], uniform(7, 0.9, 1.0), 1.0)
+    flip_cols = tf.where(tf.logical_and(parts[2], uniform(8, 0.0, 1.0) < 0.5), -1.0, 1.0)
+    flip_rows = tf.where(tf.logical_and(parts[3], uniform(9, 0.0, 1.0) < 0.5), -1.0, 1.0)
+    shift = _matrices([[1.0, 0.0, shift_rows], [0.0, 1.0, shift_cols], [0.0, 0.0, 1.0]])
+    zooming = _matrices([[zoom, 0.0, 0.0], [0.0, zoom, 0.0], [0.0, 0.0, 1.0]])
+    flips = _matrices([[flip_rows, 0.0, 0.0], [0.0, flip_cols, 0.0], [0.0, 0.0, 1.0]])
+    return _warp_vectors(shift @ zooming @ flips, height, width), tf.reduce_any(tf.stack(parts))
+
+
+def source_augmentation(segmentation: bool):
+    """The source pipeline's augmentation (``shared/paper/source-pipeline.md``) as a function of ``(batch seed,
+    uint8 images, target)``; each image of the batch draws its own transform, from the batch's seed alone
+    (stateless: batches can be augmented in parallel and still give the same result for the same seed).
+
+    Classifiers (Keras' ImageDataGenerator there, ``_classifier_transforms``): one affine transform per image composed
+    as ImageDataGenerator composes it (rotation ±5°, shifts up to 20 % of width and height, shear 0.2 degrees, zoom
+    ±5 %), then horizontal and vertical flips, every batch. UNets (``_segmentation_transforms``): with probability
+    0.65 per batch, shifts up to 50 px horizontally and 25 px vertically (at 256x800: fractions of the width and
+    height), zoom in up to 10 % ("zoom 0.9") and flips, each part on with probability 0.5, image and mask together;
+    masks are moved with nearest-neighbour sampling and stay 0/1. Images are sampled bilinearly; edges are filled
+    with the nearest pixel (ImageDataGenerator's default; our choice for the UNets, where the source does not say).
     """
-    layers = keras.layers
-    if segmentation:
-        parts = [layers.RandomTranslation(25 / 256, 50 / 800, fill_mode="nearest", seed=seed),
-                 layers.RandomZoom((-0.1, 0.0), fill_mode="nearest", seed=seed + 1),
-                 layers.RandomFlip("horizontal", seed=seed + 2), layers.RandomFlip("vertical", seed=seed + 3)]
-        batch_p, part_p = 0.65, 0.5
-    else:
-        # ImageDataGenerator's shear_range is an angle in degrees, one shear along x; RandomShear draws the sign
-        shear = math.tan(math.radians(0.2))
-        parts = [layers.RandomShear(x_factor=shear, y_factor=0.0, fill_mode="nearest", seed=seed),
-                 layers.RandomZoom(0.05, fill_mode="nearest", seed=seed + 1),
-                 layers.RandomRotation(5 / 360, fill_mode="nearest", seed=seed + 2),
-                 layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 3),
-                 layers.RandomFlip("horizontal_and_vertical", seed=seed + 4)]
-        batch_p, part_p = 1.0, 1.0
-    generator = tf.random.Generator.from_seed(seed)
 
-    def augment(images, target):
-        batch = {"images": tf.cast(images, tf.float32)}
+    def augment(batch_seed, images, target):
+        seed = tf.stack([batch_seed, tf.constant(0, tf.int64)])
+        shape = tf.shape(images)
+        height, width = int(images.shape[1]), int(images.shape[2])
+        pixels = tf.cast(images, tf.float32)
         if segmentation:
-            batch["segmentation_masks"] = tf.cast(target, tf.float32)
-        on = generator.uniform(()) < batch_p
-        for layer in parts:
-            use = tf.logical_and(on, generator.uniform(()) < part_p)
-            batch = tf.cond(use, lambda b=batch, f=layer: f(b, training=True), lambda b=batch: b)
-        images = tf.cast(tf.round(tf.clip_by_value(batch["images"], 0.0, 255.0)), tf.uint8)
-        if segmentation:
-            target = tf.cast(batch["segmentation_masks"] >= 0.5, target.dtype)
-        return images, target
+            vectors, any_on = _segmentation_transforms(seed, shape[0], height, width)
+            masks = tf.cast(target, tf.float32)
+            pixels, masks = tf.cond(
+                any_on,
+                lambda: (_warp(pixels, vectors, "BILINEAR"), _warp(masks, vectors, "NEAREST")),
+                lambda: (pixels, masks))
+            target = tf.cast(masks >= 0.5, target.dtype)
+        else:
+            pixels = _warp(pixels, _classifier_transforms(seed, shape[0], height, width), "BILINEAR")
+        return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8), target
 
     return augment
 
@@ -182,7 +246,7 @@ def make_dataset(
         shuffle: reshuffle every epoch (seeded).
         augment: augment the images (and masks with them) by ``augmentation``.
         cache: keep decoded, resized images in memory after the first epoch.
-        seed: shuffle seed.
+        seed: shuffle seed, and the source augmentation's.
         mask_shape: ``(height, width)`` the RLEs refer to (256x1600 for Severstal).
         drop_remainder: drop a last, smaller batch (training: keeps one batch shape, so one trace).
         augmentation: ``"ours"`` (random flips shared by image and mask, brightness and contrast) or ``"source"``
@@ -229,6 +293,9 @@ def make_dataset(
     if augment and augmentation == "ours":
         dataset = dataset.map(lambda x, y: _augment(x, y, segmentation=segmentation), num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    if augment and augmentation == "source":  # per batch, as the source (one generator: deterministic, sequential)
-        dataset = dataset.map(source_augmentation(segmentation, seed))
+    if augment and augmentation == "source":  # per batch, as the source; a seed per batch, new every epoch
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        augment_batch = source_augmentation(segmentation)
+        dataset = tf.data.Dataset.zip((seeds, dataset)).map(
+            lambda batch_seed, batch: augment_batch(batch_seed, *batch), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

@@ -141,9 +141,9 @@ def test_every_real_mask_from_the_loader_equals_its_rle(real_dir):
 
 
 def test_the_source_augmentation_moves_image_and_mask_together(tmp_path):
-    """The UNets' augmentation of the source (shifts, zoom, flips from Keras layers, with probability 0.65 per batch):
-    the mask still covers the bright pixels, stays 0/1, and some batches moved while others did not."""
-    table, images_dir, mask = _square_table(tmp_path)
+    """The UNets' augmentation of the source (shifts, zoom, flips, with probability 0.65 per batch): the mask still
+    covers the bright pixels, stays 0/1, and some batches moved while others did not (16 batches)."""
+    table, images_dir, mask = _square_table(tmp_path, n=64)
     ds = loaders.make_dataset(table, images_dir, "segmentation", class_id=1, image_size=(64, 320), batch_size=4,
                               augment=True, augmentation="source", mask_shape=(64, 320), seed=3)
     images, masks = _all(ds)
@@ -170,6 +170,51 @@ def test_the_source_augmentation_of_the_classifiers_changes_every_batch(tmp_path
     assert all(not np.array_equal(x, plain[0]) for x in images)  # shifts of up to 20 % move every image
     with pytest.raises(ValueError, match="unknown augmentation 'heavy'; valid: ours, source"):
         loaders.make_dataset(table, images_dir, "binary", image_size=(64, 320), batch_size=4, augmentation="heavy")
+
+
+def _warped(vectors, image, interpolation="BILINEAR"):
+    return loaders._warp(tf.constant(image[None], tf.float32), tf.constant(vectors, tf.float32), interpolation)[0].numpy()
+
+
+def test_the_source_transforms_are_exact_where_they_should_be():
+    """The transform matrices (output pixel -> input pixel about the centre): the identity, flips and whole-pixel
+    shifts move pixels exactly; a shift fills the edge with the nearest pixel."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 320, 3)).astype(np.float32)
+    eye = np.eye(3, dtype=np.float32)[None]
+
+    def vectors(matrix):
+        return loaders._warp_vectors(tf.constant(matrix, tf.float32), 64, 320)
+
+    assert np.array_equal(_warped(vectors(eye), image), image)
+    assert np.array_equal(_warped(vectors(np.diag([1.0, -1.0, 1.0])[None]), image), image[:, ::-1])
+    assert np.array_equal(_warped(vectors(np.diag([-1.0, 1.0, 1.0])[None]), image), image[::-1])
+    shift = np.array([[[1, 0, 3], [0, 1, -5], [0, 0, 1]]], np.float32)  # read from 3 rows down, 5 columns left
+    moved = _warped(vectors(shift), image, "NEAREST")
+    assert np.array_equal(moved[:61, 5:], image[3:, :315])
+    assert np.array_equal(moved[:61, :5], np.repeat(image[3:, :1], 5, axis=1))  # the edge: nearest pixel
+
+
+def test_the_source_augmentation_is_seeded_per_batch_new_each_epoch_and_parallel(tmp_path):
+    """Each batch's transforms come from its own seed (stateless), so the map runs in parallel and still gives the
+    same batches for the same seed; a second epoch draws new transforms; another seed gives other batches."""
+    table, images_dir, _ = _square_table(tmp_path, n=24)
+
+    def dataset(seed):
+        return loaders.make_dataset(table, images_dir, "binary", image_size=(64, 320), batch_size=4, augment=True,
+                                    augmentation="source", mask_shape=(64, 320), seed=seed)
+
+    first = dataset(5)
+    epoch_1, epoch_2 = _all(first)[0], _all(first)[0]
+    assert np.array_equal(_all(dataset(5))[0], epoch_1)
+    assert not np.array_equal(epoch_2, epoch_1) and not np.array_equal(_all(dataset(6))[0], epoch_1)
+    # the same batch, augmented alone by the function the dataset maps, is the dataset's batch
+    augment = loaders.source_augmentation(segmentation=False)
+    plain = _all(loaders.make_dataset(table, images_dir, "binary", image_size=(64, 320), batch_size=4,
+                                      mask_shape=(64, 320)))[0]
+    batch_seeds = list(tf.data.Dataset.random(seed=5, rerandomize_each_iteration=True).take(6).as_numpy_iterator())
+    alone = augment(tf.constant(batch_seeds[2], tf.int64), tf.constant(plain[8:12]), tf.ones((4, 1)))[0].numpy()
+    assert np.array_equal(alone, epoch_1[8:12])
 
 
 def test_training_and_prediction_decode_real_jpegs_identically(real_dir):
