@@ -32,6 +32,7 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 UNLIT_LEVEL = 20  # a column whose mean grey level is below this is unlit (the black strips at the sides)
 UNLIT_MIN_WIDTH = 32  # columns: narrower dark edges are not counted as a strip
 RING = 15  # px: the steel around a defect that its contrast is measured against
+MODEL_SIZE = (64, 320)  # the default profile's input: where a defect's texture is compared with its ring's
 REAL_FILE = "realism_real.json"  # in the package: REAL, measured on the real sample (numbers only)
 
 
@@ -85,9 +86,23 @@ def surroundings(mask: np.ndarray) -> np.ndarray:
     return cv2.dilate(mask, np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(bool) & ~mask.astype(bool)
 
 
+def texture_ratio(grey: np.ndarray, inside: np.ndarray, around: np.ndarray, size=MODEL_SIZE) -> float:
+    """How much a defect stands out by its texture where a model looks: the standard deviation of the grey levels
+    inside it over that of the steel around it, both at ``size`` (area-averaged, as the loaders resize); NaN when
+    either has fewer than 3 pixels there."""
+    def shrink(image):
+        return cv2.resize(image.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+    small, inside, around = shrink(grey), shrink(inside) > 0.5, shrink(around) > 0.5
+    if inside.sum() < 3 or around.sum() < 3:
+        return float("nan")
+    return float(small[inside].std() / max(float(small[around].std()), 1e-6))
+
+
 def defect_shape(grey: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
-    """A defect's contrast (mean grey inside minus the ring of steel around it), its connected components, and
-    their median elongation (major / minor axis) and orientation (|angle| of the major axis from horizontal, 0-90°)."""
+    """A defect's contrast (mean grey inside minus the ring of steel around it), its texture against the ring's at
+    the models' input size (``texture_ratio``), its connected components, and their median elongation (major /
+    minor axis) and orientation (|angle| of the major axis from horizontal, 0-90°)."""
     mask = mask.astype(np.uint8)
     if not mask.any():
         return None
@@ -95,6 +110,7 @@ def defect_shape(grey: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
     lit = grey >= UNLIT_LEVEL
     inside, around = grey[mask.astype(bool) & lit], grey[ring & lit]
     contrast = float(inside.mean() - around.mean()) if inside.size and around.size else float("nan")
+    ratio = texture_ratio(grey, mask.astype(bool) & lit, ring & lit)
     count, labels = cv2.connectedComponents(mask, connectivity=8)
     elongations, orientations = [], []
     for label in range(1, count):
@@ -106,7 +122,7 @@ def defect_shape(grey: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
         elongations.append(float(np.sqrt(values[1] / max(values[0], 1e-6))))
         major = vectors[:, 1]
         orientations.append(float(np.degrees(np.arctan2(abs(major[1]), abs(major[0])))))
-    return {"contrast": contrast, "components": float(count - 1),
+    return {"contrast": contrast, "texture_ratio": ratio, "components": float(count - 1),
             "elongation": float(np.median(elongations)) if elongations else float("nan"),
             "orientation": float(np.median(orientations)) if orientations else float("nan")}
 
@@ -120,8 +136,8 @@ def measure(data_dir: str | Path, max_images: int | None = None) -> dict:
 
     Returns:
         ``{"n_images", "percentiles": {p: grey}, "std", "unlit_share", "unlit_width", "streak_ratio",
-        "spectral_slope", "classes": {class_id: {"n_masks", "contrast", "abs_contrast", "components",
-        "elongation", "orientation"}}}``: numbers only.
+        "spectral_slope", "classes": {class_id: {"n_masks", "contrast", "abs_contrast", "texture_ratio",
+        "components", "elongation", "orientation"}}}``: numbers only.
     """
     data_dir = Path(data_dir)
     table = data.load_table(data_dir)
@@ -150,7 +166,8 @@ def measure(data_dir: str | Path, max_images: int | None = None) -> dict:
         frame = pd.DataFrame(shapes)
         classes[str(class_id)] = {"n_masks": len(shapes)} if frame.empty else {
             "n_masks": len(shapes), "contrast": median(frame["contrast"]),
-            "abs_contrast": median(frame["contrast"].abs()), "components": median(frame["components"]),
+            "abs_contrast": median(frame["contrast"].abs()), "texture_ratio": median(frame["texture_ratio"]),
+            "components": median(frame["components"]),
             "elongation": median(frame["elongation"]), "orientation": median(frame["orientation"])}
     return {
         "n_images": len(images),
@@ -203,6 +220,7 @@ def compare(twin: str | Path | dict, real: str | Path | dict | None = None, max_
         real_class, twin_class = real_stats["classes"][str(c)], twin_stats["classes"][str(c)]
         for key, label, rule in (("abs_contrast", "|contrast| (grey levels)", "±30 %"),
                                  ("contrast", "signed contrast (grey levels)", None),
+                                 ("texture_ratio", "texture / the ring's at 64x320 (std ratio)", None),
                                  ("components", "components per mask", "±30 %"),
                                  ("elongation", "elongation", None), ("orientation", "orientation (°)", None)):
             r, t = real_class.get(key), twin_class.get(key)

@@ -45,6 +45,29 @@ def test_defect_contrast_components_elongation_and_orientation():
     assert realism.defect_shape(grey, np.zeros_like(mask)) is None
 
 
+def test_texture_ratio_is_measured_where_the_model_looks():
+    """Texture inside a defect against the ring's, after the loaders' area resize to 64x320 (5x smaller here):
+    10-px stripes inside (std 20 once shrunk) against 10-px stripes half as strong around it (std 10) give 2; a
+    pattern that repeats every 5 px averages away at that size, however strong; a defect that vanishes there gives
+    NaN."""
+    grey = np.full((256, 1600), 100.0, np.float32)
+    columns = np.arange(1600)
+    grey[:, (columns // 10) % 2 == 1] = 110.0
+    grey[:, (columns // 10) % 2 == 0] = 90.0
+    mask = np.zeros((256, 1600), bool)
+    mask[100:160, 500:600] = True
+    grey[100:160, 500:600] = np.where((columns[500:600] // 10) % 2 == 1, 120.0, 80.0)
+    ring = realism.surroundings(mask)
+    assert realism.texture_ratio(grey, mask, ring) == pytest.approx(2.0, rel=0.05)
+    fine = grey.copy()
+    fine[100:160, 500:600] = np.array([180.0, 20.0, 180.0, 20.0, 100.0])[columns[500:600] % 5]
+    assert realism.texture_ratio(fine, mask, ring) < 0.1
+    tiny = np.zeros_like(mask)
+    tiny[100:102, 500:502] = True
+    assert np.isnan(realism.texture_ratio(grey, tiny, realism.surroundings(tiny)))
+    assert realism.defect_shape(grey.astype(np.uint8), mask)["texture_ratio"] == pytest.approx(2.0, rel=0.05)
+
+
 def test_compare_flags_each_target():
     real = realism.load_real()["stats"]
     assert realism.compare(real)["within target"].dropna().all()  # real steel meets its own targets
