@@ -111,8 +111,8 @@ def test_the_stored_real_numbers_are_what_measure_gives_on_the_real_sample(real_
 def test_the_twin_meets_every_realism_target(tmp_path):
     """The twin's summary statistics are real steel's: the 600-image twin of docs/results.md meets each target of
     ``compare`` (grey-level percentiles within ±12, spread within ±15 %, unlit-strip share within ±10 points,
-    vertical streaks, per-class contrast and components per mask within ±30 %). Twin v4 is built from families of
-    steel, distractors and hard-edged defects and judged by transfer (benchmarks/bench_transfer.py); these numbers
+    vertical streaks, per-class contrast and components per mask within ±30 %). Twins v4 and v5 are built from
+    families of steel, distractors and hard-edged defects and judged by transfer (benchmarks/bench_transfer.py); these numbers
     are its diagnostics, kept so that a change to the generator that moves them away from steel is seen."""
     root = synthetic.make_synthetic_severstal(tmp_path / "twin", 600, seed=0, n_test_images=2)
     table = realism.compare(root).set_index("statistic")
