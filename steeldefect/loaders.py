@@ -94,6 +94,7 @@ def _augment(image, target, *, segmentation: bool):
 def _matrices(rows) -> tf.Tensor:
     """A batch of 3x3 matrices ``(n, 3, 3)`` from rows of per-image values (tensors of shape ``(n,)`` or numbers)."""
     n = next(tf.shape(v)[0] for row in rows for v in row if isinstance(v, tf.Tensor))
+
     def entry(v):
         return v if isinstance(v, tf.Tensor) else tf.fill([n], tf.constant(v, tf.float32))
     return tf.stack([tf.stack([entry(v) for v in row], axis=-1) for row in rows], axis=-2)
