@@ -119,14 +119,31 @@ def _warp(images: tf.Tensor, vectors: tf.Tensor, interpolation: str) -> tf.Tenso
         interpolation=interpolation, fill_mode="NEAREST")
 
 
+def _draws(seed: tf.Tensor, count: int, n):
+    """``uniform(k, low, high, shape=(n,))``: the k-th of ``count`` independent stateless streams of ``seed``."""
+    keys = tf.random.experimental.stateless_split(seed, num=count)
+
+    def uniform(k, low, high, shape=None):
+        return tf.random.stateless_uniform([n] if shape is None else shape, seed=keys[k], minval=low, maxval=high)
+
+    return uniform
+
+
+def _scaling(rows, cols) -> tf.Tensor:
+    """Matrices that scale (or, with -1, flip) the rows and columns about the centre."""
+    return _matrices([[rows, 0.0, 0.0], [0.0, cols, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _shifting(rows, cols) -> tf.Tensor:
+    """Matrices that read each output pixel ``rows`` and ``cols`` pixels away."""
+    return _matrices([[1.0, 0.0, rows], [0.0, 1.0, cols], [0.0, 0.0, 1.0]])
+
+
 def _classifier_transforms(seed: tf.Tensor, n, height: int, width: int) -> tf.Tensor:
     """The classifiers' transforms, as ImageDataGenerator draws and composes them (one affine transform per image:
     rotation, shift, shear, zoom, then the flips): rotation ±5°, shifts up to 20 % of the height and of the width,
     shear 0.2 degrees, zoom 0.95-1.05 along each axis, horizontal and vertical flips with probability 0.5."""
-    keys = tf.random.experimental.stateless_split(seed, num=8)
-
-    def uniform(k, low, high):
-        return tf.random.stateless_uniform([n], seed=keys[k], minval=low, maxval=high)
+    uniform = _draws(seed, 8, n)
 
     def flip(k):
         return tf.where(uniform(k, 0.0, 1.0) < 0.5, -1.0, 1.0)
@@ -137,11 +154,10 @@ def _classifier_transforms(seed: tf.Tensor, n, height: int, width: int) -> tf.Te
     zoom_rows, zoom_cols = uniform(4, 0.95, 1.05), uniform(5, 0.95, 1.05)
     cos, sin = tf.cos(theta), tf.sin(theta)
     rotation = _matrices([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
-    shift = _matrices([[1.0, 0.0, shift_rows], [0.0, 1.0, shift_cols], [0.0, 0.0, 1.0]])
     shearing = _matrices([[1.0, -tf.sin(shear), 0.0], [0.0, tf.cos(shear), 0.0], [0.0, 0.0, 1.0]])
-    zoom = _matrices([[zoom_rows, 0.0, 0.0], [0.0, zoom_cols, 0.0], [0.0, 0.0, 1.0]])
-    flips = _matrices([[flip(6), 0.0, 0.0], [0.0, flip(7), 0.0], [0.0, 0.0, 1.0]])
-    return _warp_vectors(rotation @ shift @ shearing @ zoom @ flips, height, width)
+    composed = (rotation @ _shifting(shift_rows, shift_cols) @ shearing @ _scaling(zoom_rows, zoom_cols)
+                @ _scaling(flip(6), flip(7)))
+    return _warp_vectors(composed, height, width)
 
 
 def _segmentation_transforms(seed: tf.Tensor, n, height: int, width: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -149,11 +165,7 @@ def _segmentation_transforms(seed: tf.Tensor, n, height: int, width: int) -> tup
     to 25 px vertically and 50 px horizontally (at 256x800; fractions of the height and width), zoom in up to 10 %
     (the same along both axes), horizontal and vertical flips (each image with probability 0.5). Also whether any
     part is on (a batch with none is left as it is)."""
-    keys = tf.random.experimental.stateless_split(seed, num=10)
-
-    def uniform(k, low, high, shape=None):
-        return tf.random.stateless_uniform([n] if shape is None else shape, seed=keys[k], minval=low, maxval=high)
-
+    uniform = _draws(seed, 10, n)
     on = uniform(0, 0.0, 1.0, []) < 0.65
     parts = [tf.logical_and(on, uniform(1 + k, 0.0, 1.0, []) < 0.5) for k in range(4)]
     shift_rows = tf.where(parts[0], uniform(5, -25 / 256, 25 / 256) * height, 0.0)
@@ -161,10 +173,8 @@ def _segmentation_transforms(seed: tf.Tensor, n, height: int, width: int) -> tup
     zoom = tf.where(parts[1], uniform(7, 0.9, 1.0), 1.0)
     flip_cols = tf.where(tf.logical_and(parts[2], uniform(8, 0.0, 1.0) < 0.5), -1.0, 1.0)
     flip_rows = tf.where(tf.logical_and(parts[3], uniform(9, 0.0, 1.0) < 0.5), -1.0, 1.0)
-    shift = _matrices([[1.0, 0.0, shift_rows], [0.0, 1.0, shift_cols], [0.0, 0.0, 1.0]])
-    zooming = _matrices([[zoom, 0.0, 0.0], [0.0, zoom, 0.0], [0.0, 0.0, 1.0]])
-    flips = _matrices([[flip_rows, 0.0, 0.0], [0.0, flip_cols, 0.0], [0.0, 0.0, 1.0]])
-    return _warp_vectors(shift @ zooming @ flips, height, width), tf.reduce_any(tf.stack(parts))
+    composed = _shifting(shift_rows, shift_cols) @ _scaling(zoom, zoom) @ _scaling(flip_rows, flip_cols)
+    return _warp_vectors(composed, height, width), tf.reduce_any(tf.stack(parts))
 
 
 def source_augmentation(segmentation: bool):

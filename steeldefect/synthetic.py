@@ -484,6 +484,11 @@ def _groove(rng, mask, look):
     return texture, np.clip(core * rng.uniform(1.5, 4.0), 0, 1)
 
 
+def _inner(mask) -> np.ndarray:
+    """A mask less its one-pixel rim (float32): where a filled defect's texture lies."""
+    return cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+
+
 def _scratches(rng, mask, look):
     """Class 3 (strips): a bundle of thin scratch lines along the box, bright and dark, of different lengths, with
     bright glints, over a rougher ground (the grooves of real class-3 strips are crisp lines, not a smooth trough)."""
@@ -503,7 +508,7 @@ def _scratches(rng, mask, look):
         cv2.ellipse(glints, (int(xs[k]), int(ys[k])), axes, float(rng.normal(0, 10)), 0, 360, 1.0, -1)
     ground = _fractal(rng, mask.shape, (max(2, height // 10), max(2, width // 4)), octaves=2)
     texture = lines + 1.5 * glints + 0.3 * ground
-    return texture, cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    return texture, _inner(mask)
 
 
 def _flecks(rng, mask, look):
@@ -516,7 +521,7 @@ def _flecks(rng, mask, look):
         cv2.ellipse(marks, (int(xs[k]), int(ys[k])), axes, float(rng.normal(0, 25)), 0, 360, 1.0, -1)
     ground = _fractal(rng, mask.shape, (max(2, height // 12), max(2, width // 12)), octaves=2)
     texture = 1.6 * marks + 0.6 * _shade(cv2.GaussianBlur(marks, (0, 0), 1.0), look["light"]) + 0.5 * ground
-    cover = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    cover = _inner(mask)
     return texture, cover
 
 
