@@ -6,7 +6,7 @@ twin: ``train.csv`` (2020 format), ``train_images/*.jpg`` (256x1600 grayscale st
 data. The twin follows the paper's statistics (Section 3.1, 3.5): the share of defect-free images, images with
 1/2/3 classes, rows per class and per-class mask areas.
 
-Versions 4 and 5 are built to teach: a model trained on it alone should find defects in real steel (judged by transfer,
+Versions 4 to 6 are built to teach: a model trained on it alone should find defects in real steel (judged by transfer,
 ``benchmarks/bench_transfer.py``; ``realism.compare`` holds its summary statistics to real steel's as diagnostics).
 It follows what the literature found to transfer (DESIGN.md, "Real data and the twin"):
 
@@ -17,11 +17,13 @@ It follows what the literature found to transfer (DESIGN.md, "Real data and the 
   defective images alike; 30 % of the images have a black unlit strip at one side;
 - the masks are drawn as annotators drew them, as polygons and boxes: class 1 clusters of small polygons around
   pits; class 2 thin boxes around short vertical scratches; class 3 boxes around vertical scratch strips (often the
-  full height) or polygons around groups of flecks; class 4 large irregular polygons;
+  full height), or polygons around groups of flakes or bright scuffs; class 4 large irregular polygons;
 - each defect replaces the steel's texture inside its mask (or is added to it), with crisp edges: class-3 strips
   as bundles of thin bright and dark scratch lines with glints (v5; v4 drew a smooth trough), class-2 grooves with a
-  bright and a dark flank, bright flecks with shadows over a rough ground, pits with a lit rim, rough scaled relief; blended at a
-  random opacity, its mean set against the ring of steel around it. Pixels change only inside the masks.
+  bright and a dark flank, pits with a lit rim; class-3 flake groups and class-4 patches as lumpy relief, a raised
+  or sunken region lit from one side (v6; v5 drew tiny flecks that vanish at the models' input size), class-3
+  scuffs as bright streaks along the rows (v6); blended at a random opacity, its mean set against the ring of steel
+  around it. Pixels change only inside the masks.
 
 No real pixel, patch or texture sample is in the generator: only numbers measured on real steel (grey levels,
 contrasts, shapes). It is still a stand-in: figures measured on it say the code learns, and how a model trained on
@@ -47,7 +49,7 @@ from .realism import UNLIT_LEVEL
 
 log = logging.getLogger(__name__)
 
-TWIN_VERSION = 5  # bump when the generator's output changes, so that stale folders are regenerated
+TWIN_VERSION = 6  # bump when the generator's output changes, so that stale folders are regenerated
 MARKER = "twin.json"
 
 # Images per class combination: consistent with every count the paper gives (5,902 defect-free; 6,239 / 425 / 2
@@ -175,7 +177,7 @@ def _mask_class2(rng, area, steel, kind) -> np.ndarray:
 
 def _mask_class3(rng, area, steel, kind) -> np.ndarray:
     """Marks along the rolling direction, in a row of (median 3) parts: boxes around vertical scratch strips
-    (often the full height), or polygons around groups of flecks."""
+    (often the full height), or polygons around groups of flakes (kind "flecks") or scuffs."""
     mask = np.zeros(IMAGE_SHAPE, np.uint8)
     n_parts = int(np.clip(round(rng.lognormal(math.log(3.0), 0.5)), 1, 8))
     part = area / n_parts
@@ -209,9 +211,10 @@ def _mask_class4(rng, area, steel, kind) -> np.ndarray:
 
 
 _MASKERS = {1: _mask_class1, 2: _mask_class2, 3: _mask_class3, 4: _mask_class4}
-# What each class's masks are drawn around, and how often (class 3: scratch strips in boxes, or groups of flecks in
-# polygons; the shares are our reading of the real sample's class-3 masks).
-KINDS = {1: {"pits": 1.0}, 2: {"scratch": 1.0}, 3: {"strips": 0.6, "flecks": 0.4}, 4: {"rough": 1.0}}
+# What each class's masks are drawn around, and how often (class 3: scratch strips in boxes, groups of flakes in
+# polygons, or bright scuffs in polygons; the shares are our reading of the real sample's class-3 masks).
+KINDS = {1: {"pits": 1.0}, 2: {"scratch": 1.0}, 3: {"strips": 0.55, "flecks": 0.25, "scuffs": 0.2},
+         4: {"rough": 1.0}}
 
 
 def _mask_near_area(rng: np.random.Generator, class_id: int, target: float,
@@ -256,7 +259,10 @@ DARK_KNEE = np.float32(50.0)  # grey level below which the lit steel's darker sh
 # masks comes out near the real one); the texture inside the mask is what makes a defect visible, as on real steel.
 DEFECT_CONTRAST = {1: (3.1, 0.3), 2: (4.3, 0.8), 3: (20.0, 0.6), 4: (32.0, 0.85)}
 # Per class: the texture's strength inside the mask (grey levels, a range drawn from per defect): pits, scratch
-# grooves and rough scale are sharp, high-contrast detail on real steel even where the mean barely moves.
+# grooves and rough scale are sharp, high-contrast detail on real steel even where the mean barely moves. At the
+# models' 64x320 input the twin's class-3 and class-4 textures are stronger against their ring than real ones
+# (``realism.texture_ratio``); lowered to real steel's, the default's 36 steps of stage 1 learn less and transfer
+# less (twins "F" and "v6b", docs/results.md, "What transfers from the twin to real steel").
 DEFECT_TEXTURE = {1: (30.0, 60.0), 2: (12.0, 28.0), 3: (25.0, 60.0), 4: (20.0, 50.0)}
 
 
@@ -511,31 +517,47 @@ def _scratches(rng, mask, look):
     return texture, _inner(mask)
 
 
-def _flecks(rng, mask, look):
-    """Class 3 (patches): bright flecks with dark shadows over a rougher ground, filling most of the polygon."""
+def _relief(rng, mask, look, lump_px: tuple[float, float]) -> np.ndarray:
+    """A raised or sunken region with a lumpy top, lit from the look's side (unit-free): the outline becomes a step
+    with a bright and a dark flank, the inside lumps of ``lump_px`` pixels. Real class-4 patches and class-3 flake
+    groups are relief that the light throws into shade; at the models' 5x-smaller input they show by that
+    structure more than by texture energy (``realism.texture_ratio`` near 1)."""
     height, width = mask.shape
-    marks = np.zeros(mask.shape, np.float32)
-    ys, xs = np.nonzero(mask)
-    for k in rng.choice(ys.size, size=min(ys.size, max(2, ys.size // int(rng.integers(60, 300)))), replace=False):
-        axes = (int(rng.integers(2, 12)), int(rng.integers(1, 3)))
-        cv2.ellipse(marks, (int(xs[k]), int(ys[k])), axes, float(rng.normal(0, 25)), 0, 360, 1.0, -1)
-    ground = _fractal(rng, mask.shape, (max(2, height // 12), max(2, width // 12)), octaves=2)
-    texture = 1.6 * marks + 0.6 * _shade(cv2.GaussianBlur(marks, (0, 0), 1.0), look["light"]) + 0.5 * ground
-    cover = _inner(mask)
-    return texture, cover
+    lump = rng.uniform(*lump_px)
+    bumps = _fractal(rng, mask.shape, (max(2, round(height / lump)), max(2, round(width / lump))), octaves=2)
+    plateau = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(1.0, 3.0))
+    step = float(rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 3.0))
+    return _shade(plateau * (step + bumps), look["light"])
+
+
+def _flecks(rng, mask, look):
+    """Class 3 (patches): groups of lumpy flakes in relief, with bright glints where they catch the light."""
+    relief = _relief(rng, mask, look, (5.0, 16.0))
+    glints = np.clip(relief - np.percentile(relief[mask.astype(bool)], 90), 0, None)
+    texture = relief + rng.uniform(1.0, 3.0) * glints
+    return texture, _inner(mask)
+
+
+def _scuffs(rng, mask, look):
+    """Class 3 (scuffs): a bright, worn region streaked along the rows: specular streaks and glints that saturate,
+    over the steel it replaces."""
+    height, width = mask.shape
+    streaks = _smooth(rng, (max(2, height // int(rng.integers(3, 8))), max(2, width // int(rng.integers(30, 120)))),
+                      mask.shape)
+    fine = cv2.GaussianBlur(rng.standard_normal(mask.shape, dtype=np.float32), (0, 0),
+                            sigmaX=rng.uniform(3, 10), sigmaY=rng.uniform(0.5, 1.5))
+    shine = np.clip(streaks + 1.5 * fine / max(float(fine.std()), 1e-6) - rng.uniform(0.0, 1.0), 0, None)
+    return 1.0 + shine, _inner(mask)  # all of it brighter than the steel: a scuff shines, whatever the contrast
 
 
 def _scale(rng, mask, look):
     """Class 4: rough, scaled relief with crisp, irregular edges inside the annotated polygon."""
     height, width = mask.shape
-    bumps = _fractal(rng, mask.shape, (max(2, height // int(rng.integers(6, 20))),
-                                       max(2, width // int(rng.integers(6, 20)))), octaves=3)
     edge = _fractal(rng, mask.shape, (max(2, height // 30), max(2, width // 30)), octaves=2)
     inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     cover = ((edge + inside / max(float(inside.max()), 1.0) * 3.0) > rng.uniform(0.3, 1.2)).astype(np.float32)
     cover = cv2.GaussianBlur(cover * mask, (0, 0), 0.7)
-    texture = 0.9 * _shade(bumps, look["light"]) + 0.4 * bumps
-    return texture, cover
+    return _relief(rng, cover > 0.5, look, (8.0, 30.0)), cover
 
 
 def _content(rng, class_id: int, kind: str, mask, look):
@@ -545,6 +567,8 @@ def _content(rng, class_id: int, kind: str, mask, look):
         return _groove(rng, mask, look)
     if kind == "strips":
         return _scratches(rng, mask, look)
+    if kind == "scuffs":
+        return _scuffs(rng, mask, look)
     if class_id == 3:
         return _flecks(rng, mask, look)
     return _scale(rng, mask, look)

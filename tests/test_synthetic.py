@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect import data, paper, rle, synthetic
+from steeldefect import data, paper, realism, rle, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +162,13 @@ def test_defects_change_pixels_only_inside_their_masks():
 
 
 def test_mask_kinds_per_class(plans):
-    """Annotated as real steel is: class 1 pits, class 2 scratch boxes, class 3 strips or fleck polygons, class 4
-    rough patches; class 3 has both kinds in about the planned shares."""
+    """Annotated as real steel is: class 1 pits, class 2 scratch boxes, class 3 strips, flake groups or scuffs,
+    class 4 rough patches; class 3 has its three kinds in about the planned shares."""
     kinds = {c: [p.looks[c]["kind"] for p in plans if c in p.masks] for c in (1, 2, 3, 4)}
     assert set(kinds[1]) == {"pits"} and set(kinds[2]) == {"scratch"} and set(kinds[4]) == {"rough"}
-    assert set(kinds[3]) == {"strips", "flecks"}
-    assert 0.5 < np.mean([k == "strips" for k in kinds[3]]) < 0.7
+    assert set(kinds[3]) == set(synthetic.KINDS[3]) == {"strips", "flecks", "scuffs"}
+    for kind, share in synthetic.KINDS[3].items():
+        assert abs(np.mean([k == kind for k in kinds[3]]) - share) < 0.06, kind
 
 
 def test_looks_vary_within_a_class(plans):
@@ -238,3 +239,40 @@ def test_class3_strips_are_bundles_of_thin_lines_along_the_box():
     assert across > 2 * along, (across, along)
     assert not cover[~mask].any() and cover[mask].mean() > 0.8
     assert np.abs(texture[15:40, 85:115]).max() > 0.3 and np.abs(texture[220:245, 85:115]).max() > 0.3
+
+
+def test_relief_is_a_lit_step_with_lumps():
+    """Class-4 patches and class-3 flake groups are relief: lit from the side, a raised (or sunken) region has one
+    bright and one dark flank, of opposite sign at its left and right rims, and a lumpy top."""
+    mask = np.zeros((128, 300), bool)
+    mask[20:108, 60:240] = True
+    signs = set()
+    for seed in range(6):
+        relief = synthetic._relief(np.random.default_rng(seed), mask, {"light": 0.0}, (8.0, 30.0))
+        assert relief.shape == mask.shape and relief.dtype == np.float32
+        left, right = relief[20:108, 58:64].mean(), relief[20:108, 236:242].mean()
+        assert left * right < 0 and min(abs(left), abs(right)) > 0.3, (seed, left, right)
+        signs.add(bool(left > 0))
+        assert relief[30:98, 75:225].std() > 0.3, seed  # lumps inside, not a flat top
+    assert signs == {True, False}  # raised and sunken
+
+
+def test_class3_scuffs_are_bright_streaks_along_the_rows(plans):
+    """A class-3 scuff is where the steel shines: bright streaks that run along the rows (the texture changes far
+    more from row to row than along a row), brighter than the steel around it whatever the look's contrast."""
+    mask = np.zeros((128, 400), bool)
+    mask[14:114, 40:360] = True
+    for seed in range(4):
+        texture, cover = synthetic._scuffs(np.random.default_rng(seed), mask, {"light": 45.0})
+        assert texture.shape == cover.shape == mask.shape and texture.dtype == cover.dtype == np.float32
+        inside = texture[20:108, 50:350]
+        assert inside.min() >= 1.0 and inside.mean() / inside.std() > 1.5, seed  # bright everywhere, not zero-mean
+        across = np.abs(np.diff(inside, axis=0)).mean()
+        along = np.abs(np.diff(inside, axis=1)).mean()
+        assert across > 2 * along, (seed, across, along)
+        assert not cover[~mask].any() and cover[mask].mean() > 0.9
+    scuffed = [p for p in plans if 3 in p.masks and p.looks[3]["kind"] == "scuffs"][:8]
+    assert len(scuffed) == 8 and any(p.looks[3]["contrast"] < 0 for p in scuffed)
+    for plan in scuffed:
+        grey = synthetic._render(plan)[:, :, 0]
+        assert realism.defect_shape(grey, plan.masks[3])["contrast"] > 10, plan.image_id
