@@ -193,8 +193,8 @@ PROFILES: dict[str, Profile] = {
         # fresh clone in a new venv, the twin written by the run: this machine's speed varies): 2 epochs per
         # stage; stage 2 trains a head on stage 1's frozen encoder (2.5x faster at the same figures for B0; a frozen
         # UNet encoder cost class 3 Dice, so stage 3 trains whole). At this budget stage 1 stays at chance on twins
-        # v3 and v4 (19 min 7 s on v4, best binary test accuracy 0.525) and the paper's rule scores below all-empty:
-        # docs/results.md, "The default run".
+        # v3 and v4 (19 min 7 s on v4, best binary test accuracy 0.525) and the paper's rule scores below all-empty;
+        # on v6 (21 min 43 s) 0.625, and the cascade 0.012 above all-empty: docs/results.md, "The default run".
         twin_images=400, image_size=(64, 320), classifier_epochs=2, segmentation_epochs=2, batch_size=16,
         segmentation="joint", encoder_weights=STAGE1_ENCODER, segmentation_loss="bce_dice", head="simple",
         freeze_encoder=("multilabel",), measured_minutes=29.9,
