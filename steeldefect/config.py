@@ -194,7 +194,8 @@ PROFILES: dict[str, Profile] = {
         # stage; stage 2 trains a head on stage 1's frozen encoder (2.5x faster at the same figures for B0; a frozen
         # UNet encoder cost class 3 Dice, so stage 3 trains whole). At this budget stage 1 stays at chance on twins
         # v3 and v4 (19 min 7 s on v4, best binary test accuracy 0.525) and the paper's rule scores below all-empty;
-        # on v6 (21 min 43 s) 0.625, and the cascade 0.012 above all-empty: docs/results.md, "The default run".
+        # on v6 (18 min 43 s) 0.575 and the cascade at all-empty (0.625 and 0.012 above it before v6's class-3
+        # contrast was lowered): docs/results.md, "The default run".
         twin_images=400, image_size=(64, 320), classifier_epochs=2, segmentation_epochs=2, batch_size=16,
         segmentation="joint", encoder_weights=STAGE1_ENCODER, segmentation_loss="bce_dice", head="simple",
         freeze_encoder=("multilabel",), measured_minutes=29.9,
