@@ -522,8 +522,8 @@ def _scratches(rng, mask, look):
 def _relief(rng, mask, look, lump_px: tuple[float, float]) -> np.ndarray:
     """A raised or sunken region with a lumpy top, lit from the look's side (unit-free): the outline becomes a step
     with a bright and a dark flank, the inside lumps of ``lump_px`` pixels. Real class-4 patches and class-3 flake
-    groups are relief that the light throws into shade; at the models' 5x-smaller input they show by that
-    structure more than by texture energy (``realism.texture_ratio`` near 1)."""
+    groups are relief that the light throws into shade, and that structure still shows at the models' 5x-smaller
+    input (v5's flecks did not)."""
     height, width = mask.shape
     lump = rng.uniform(*lump_px)
     bumps = _fractal(rng, mask.shape, (max(2, round(height / lump)), max(2, round(width / lump))), octaves=2)
@@ -562,21 +562,12 @@ def _scale(rng, mask, look):
     return _relief(rng, cover > 0.5, look, (8.0, 30.0)), cover
 
 
-def _content(rng, class_id: int, kind: str, mask, look):
-    if class_id == 1:
-        return _content_pits(rng, mask, look)
-    if class_id == 2:
-        return _groove(rng, mask, look)
-    if kind == "strips":
-        return _scratches(rng, mask, look)
-    if kind == "scuffs":
-        return _scuffs(rng, mask, look)
-    if class_id == 3:
-        return _flecks(rng, mask, look)
-    return _scale(rng, mask, look)
+# What draws each kind of mark (the kinds of ``KINDS``): texture and cover inside a mask.
+_DRAWERS = {"pits": _content_pits, "scratch": _groove, "strips": _scratches, "flecks": _flecks, "scuffs": _scuffs,
+            "rough": _scale}
 
 
-def _draw_defect(image: np.ndarray, class_id: int, mask: np.ndarray, look: dict) -> None:
+def _draw_defect(image: np.ndarray, mask: np.ndarray, look: dict) -> None:
     """Draw one defect into ``image`` (in place), inside its mask only: a texture that replaces the steel's (blended
     at the look's opacity, or added to it), its mean set ``contrast`` grey levels off the ring of steel around it."""
     rows, cols = np.nonzero(np.any(mask, axis=1))[0], np.nonzero(np.any(mask, axis=0))[0]
@@ -587,7 +578,7 @@ def _draw_defect(image: np.ndarray, class_id: int, mask: np.ndarray, look: dict)
     around = realism.surroundings(inside) & (region >= UNLIT_LEVEL)
     reference = float(region[around].mean()) if around.any() else float(region[inside].mean())
     rng = np.random.default_rng(look["seed"])
-    texture, cover = _content(rng, class_id, look["kind"], inside, look)
+    texture, cover = _DRAWERS[look["kind"]](rng, inside, look)
     texture = texture / max(float(texture[inside].std()), 1e-6)
     change = look["contrast"] + look["texture"] * texture
     if look["blend"] == "replace":
@@ -627,7 +618,7 @@ def _render(plan: ImagePlan) -> np.ndarray:
     (uint8, (256, 1600, 3))."""
     image = _background(np.random.default_rng(plan.background_seed), plan.steel, plan.family, plan.distractors)
     for class_id, mask in plan.masks.items():
-        _draw_defect(image, class_id, mask, plan.looks[class_id])
+        _draw_defect(image, mask, plan.looks[class_id])
     gray = np.clip(image, 0, 255).astype(np.uint8)
     return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
 
